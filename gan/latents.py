@@ -144,4 +144,6 @@ def get_spec(name_or_text: str) -> LatentSpec:
         return SPECS[name_or_text]
     if any(ch in name_or_text for ch in ",;") or name_or_text.startswith(("cat", "cont")):
         return LatentSpec.parse(name_or_text)
-    raise ValueError(f"unknown latent spec {name_or_text!r}; expected one of {', '.join(SPECS)} or e.g. 'cat10,cont,cont;noise=62'")
+    raise ValueError(
+        f"unknown latent spec {name_or_text!r}; expected one of {', '.join(SPECS)} or e.g. 'cat10,cont,cont;noise=62'"
+    )

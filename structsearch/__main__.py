@@ -1,0 +1,3 @@
+from structsearch.cli import main
+
+raise SystemExit(main())
