@@ -1,0 +1,248 @@
+"""The InfoGAN training loop with the structural regularizer; knows nothing of datasets or runs.
+
+One step, as in InfoGAN (openai/InfoGAN: the Q head and D share the trunk and one optimizer):
+
+1. D and Q: adversarial loss on a real and a generated batch
+   + lambda_info * L_info + lambda_struct * R_G on the (detached) generated batch;
+2. G: non-saturating adversarial loss + lambda_info * L_info + lambda_struct * R_G.
+
+With lambda_struct = 0 the regularizer is not computed at all (plain InfoGAN). Losses stay on
+the device: the host syncs only every ``log_every`` steps, where a non-finite loss ends the run
+as ``diverged at step N`` (N is the first bad step, tracked on the device without a sync).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from gan.latents import LatentSpec
+from gan.losses import d_loss, g_loss, info_loss
+from gan.models import build_models
+from gan.structure import FORMS, StructuralLoss
+
+logger = logging.getLogger(__name__)
+
+LOSS_KEYS = ("loss/d", "loss/g", "loss/info", "loss/struct")
+
+
+def _doc(text: str, default, **kw):
+    return field(default=default, metadata={"help": text, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what a training run computes (saved with every run)."""
+
+    n_steps: int = _doc("training steps (one D and one G/Q update each)", 5000)
+    batch_size: int = _doc("images per batch", 128)
+    lr_g: float = _doc("Adam learning rate of G (InfoGAN: 1e-3)", 1e-3)
+    lr_d: float = _doc("Adam learning rate of D and Q (InfoGAN: 2e-4)", 2e-4)
+    beta1: float = _doc("Adam beta1", 0.5)
+    lambda_info: float = _doc("weight of InfoGAN's information term", 1.0)
+    lambda_struct: float = _doc("weight of the structural regularizer R_G (0: plain InfoGAN)", 1.0)
+    struct_form: str = _doc("form of R_G", "deviance", choices=FORMS)
+    struct_floor: float = _doc("floor of the fitted variance, standardized units", 0.05)
+    gan_loss: str = _doc("adversarial loss", "bce", choices=("bce", "lsgan"))
+    width: float = _doc("width multiplier of every hidden layer", 1.0)
+    precision: str = _doc("fp32, or bf16 autocast (R_G's solve stays fp32)", "fp32", choices=("fp32", "bf16"))
+    seed: int = _doc("seed of weights, data order and latent draws", 0)
+    log_every: int = _doc("steps between logged losses (and host syncs)", 50)
+    checkpoint_every: int = _doc("steps between checkpoints (0: only at the end)", 500)
+
+
+@dataclass
+class TrainResult:
+    status: Literal["completed", "diverged", "stopped"]
+    step: int
+    message: str = ""
+    losses: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' asked for, but this torch build has no MPS; use --device cpu or auto")
+    if name not in ("cpu", "mps") and not name.startswith("cuda"):
+        raise ValueError(f"unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps")
+    return torch.device(name)
+
+
+class Trainer:
+    """Models, optimizers, random streams and step counter of one run; checkpointable.
+
+    Args:
+        cfg: the training config.
+        spec: the latent spec.
+        parents: the graph as ``{q node: (parents...)}`` (ignored when lambda_struct = 0).
+        sample_real: draws (B, C, H, W) real images on ``device`` with the given generator.
+        image_shape: (C, H, W).
+        device: where models, data and random streams live.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        spec: LatentSpec,
+        parents: Mapping[str, Sequence[str]],
+        sample_real: Callable[[int, torch.Generator], torch.Tensor],
+        image_shape: tuple[int, int, int],
+        device: torch.device,
+    ) -> None:
+        self.cfg, self.spec, self.sample_real, self.device = cfg, spec, sample_real, device
+        torch.manual_seed(cfg.seed)  # weight init
+        self.G, self.D = (m.to(device) for m in build_models(spec, image_shape, cfg.width))
+        fused = {"fused": True} if device.type == "cuda" else {}
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.999), **fused)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.999), **fused)
+        self.data_rng = torch.Generator(device).manual_seed(cfg.seed)
+        self.latent_rng = torch.Generator(device).manual_seed(cfg.seed + 1)
+        self.struct = (
+            StructuralLoss(spec, parents, cfg.struct_form, cfg.struct_floor) if cfg.lambda_struct > 0 else None
+        )
+        self.step = 0
+
+    # ---- one step ------------------------------------------------------------------------------
+
+    def _autocast(self):
+        enabled = self.cfg.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _code_terms(self, c: torch.Tensor, q_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        info = info_loss(self.spec, c, q_out)
+        if self.struct is None:
+            return info, info.new_zeros(())
+        with torch.autocast(self.device.type, enabled=False):  # the closed-form solve stays fp32
+            return info, self.struct(c, q_out.float())
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One D/Q update and one G update; returns the detached losses (no host sync)."""
+        cfg = self.cfg
+        real = self.sample_real(cfg.batch_size, self.data_rng)
+        z, c = self.spec.sample(cfg.batch_size, self.latent_rng, self.device)
+        with self._autocast():
+            fake = self.G(z, c)
+            real_logit, _ = self.D(real)
+            fake_logit, q_out = self.D(fake.detach())
+            info, struct = self._code_terms(c, q_out)
+            loss_d = d_loss(real_logit, fake_logit, cfg.gan_loss) + cfg.lambda_info * info + cfg.lambda_struct * struct
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+
+        with self._autocast():
+            fake_logit, q_out = self.D(fake)
+            info, struct = self._code_terms(c, q_out)
+            loss_g = g_loss(fake_logit, cfg.gan_loss) + cfg.lambda_info * info + cfg.lambda_struct * struct
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        self.step += 1
+        return {"loss/d": loss_d.detach(), "loss/g": loss_g.detach(), "loss/info": info.detach(), "loss/struct": struct.detach()}
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def run(
+        self,
+        callback: Callable[[int, dict[str, float]], bool | None] | None = None,
+        checkpoint: Callable[[Trainer], None] | None = None,
+    ) -> TrainResult:
+        """Train up to ``cfg.n_steps``; every ``log_every`` steps, sync once and call
+        ``callback(step, mean losses)``, which may return True to stop (a pruner).
+        ``checkpoint(self)`` runs every ``checkpoint_every`` steps and at the end."""
+        cfg = self.cfg
+        sums = torch.zeros(len(LOSS_KEYS), device=self.device)
+        count = 0
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        means: dict[str, float] = {}
+        self.G.train()
+        self.D.train()
+        while self.step < cfg.n_steps:
+            losses = torch.stack([v.float() for v in self.train_step().values()])
+            bad = ~torch.isfinite(losses).all()
+            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, self.step), first_bad)
+            sums += losses
+            count += 1
+            if self.step % cfg.log_every and self.step < cfg.n_steps:
+                continue
+            values = sums.div(count).tolist()  # the one host sync per log interval
+            bad_step = int(first_bad)
+            if bad_step >= 0:
+                return TrainResult("diverged", bad_step, f"diverged at step {bad_step}: a loss became NaN or infinite")
+            means = dict(zip(LOSS_KEYS, values))
+            sums.zero_()
+            count = 0
+            if callback is not None and callback(self.step, means):
+                return TrainResult("stopped", self.step, f"stopped at step {self.step} by the caller", means)
+            if checkpoint is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                checkpoint(self)
+        if checkpoint is not None:
+            checkpoint(self)
+        return TrainResult("completed", self.step, f"completed {self.step} steps", means)
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "config": asdict(self.cfg),
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "data_rng": self.data_rng.get_state(),
+            "latent_rng": self.latent_rng.get_state(),
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.data_rng.set_state(state["data_rng"].cpu())
+        self.latent_rng.set_state(state["latent_rng"].cpu())
+        self.step = int(state["step"])
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Atomic checkpoint: written beside, then renamed, so a kill never leaves half a file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(self.state_dict(), buffer)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_bytes(buffer.getvalue())
+        os.replace(tmp, path)
+        return path
+
+    def load(self, path: str | os.PathLike) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+
+
+@contextlib.contextmanager
+def evaluating(*modules: torch.nn.Module):
+    """Eval mode and no grad inside, the previous modes restored after."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)

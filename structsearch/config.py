@@ -1,0 +1,122 @@
+"""Run configuration: typed data with its documentation beside each field, and named presets.
+
+A run is a :class:`RunConfig` (what to train on, where to write) holding a
+:class:`gan.train.TrainConfig` (what to compute). Presets set training fields; every field can
+then be overridden from the command line (flags are generated from the dataclasses, their help
+from the field docs). The resolved config is saved with the run as ``config.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gan.train import TrainConfig
+
+
+def _doc(text: str, default, **kw):
+    return field(default=default, metadata={"help": text, **kw})
+
+
+@dataclass
+class RunConfig:
+    """What one training run trains on and where its results go."""
+
+    dataset: str = _doc("dataset name (see `structsearch datasets`)", "shapes")
+    graph: str = _doc("graph: a preset, edges like 'c1->q1, q1->q3', or a .json/.txt file", "independent")
+    codes: str | None = _doc("latent spec (default: the dataset's), e.g. mnist3 or 'cat10,cont,cont;noise=62'", None)
+    data_dir: str | None = _doc("folder with the dataset's files (else $STRUCTSEARCH_DATA, then ~/.cache/structsearch)", None)
+    device: str = _doc("auto, cpu, cuda, cuda:N or mps", "auto")
+    n_eval: int = _doc("held-out real / fresh generated samples for the scores", 2000)
+    shapes_graph: str = _doc("true factor graph of the synthetic `shapes` set", "collider", choices=("collider", "chain", "fork", "independent"))
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        train = TrainConfig(**data.get("train", {}))
+        return cls(**{k: v for k, v in data.items() if k != "train"}, train=train)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+# Named presets of training fields (nanoGPT's config/*.py, as data).
+PRESETS: dict[str, dict[str, Any]] = {
+    # InfoGAN's MNIST settings: batch 128, 5,000 updates, lambda_info 1, the full-width nets.
+    "paper": dict(n_steps=5000, batch_size=128, lambda_info=1.0, width=1.0, log_every=50, checkpoint_every=500),
+    # A complete run on a 2-core CPU in a minute or two: narrow nets, a few hundred steps.
+    "quick": dict(n_steps=300, batch_size=64, width=0.25, log_every=25, checkpoint_every=100),
+    # Tests and smoke checks: seconds.
+    "tiny": dict(n_steps=20, batch_size=16, width=0.125, log_every=5, checkpoint_every=10),
+}
+
+_ALIASES = {"n_steps": ["--steps"]}
+
+
+def apply_preset(cfg: TrainConfig, name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets are {', '.join(PRESETS)}")
+    return dataclasses.replace(cfg, **PRESETS[name])
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, run_fields: bool = True) -> None:
+    """Flags for every RunConfig (optional) and TrainConfig field; defaults are None (= keep)."""
+    groups = [("training", TrainConfig)] + ([("run", RunConfig)] if run_fields else [])
+    for title, cls in groups:
+        group = parser.add_argument_group(title)
+        for f in dataclasses.fields(cls):
+            if f.name == "train":
+                continue
+            flags = [f"--{f.name.replace('_', '-')}"] + _ALIASES.get(f.name, [])
+            kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+            group.add_argument(
+                *flags,
+                dest=f.name,
+                type=kind,
+                default=None,
+                choices=f.metadata.get("choices"),
+                help=f"{f.metadata.get('help', '')} (default: {f.default})",
+            )
+
+
+def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    """Preset first (``args.preset``), then every flag the user gave."""
+    cfg = base or RunConfig()
+    train = apply_preset(cfg.train, args.preset) if getattr(args, "preset", None) else cfg.train
+    train = dataclasses.replace(train, **_given(args, TrainConfig))
+    return dataclasses.replace(cfg, **_given(args, RunConfig), train=train)
+
+
+def _given(args: argparse.Namespace, cls) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)} - {"train"}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def check(cfg: RunConfig) -> None:
+    """Refuse impossible values with a message naming the value and what is accepted."""
+    t = cfg.train
+    rules = [
+        (t.n_steps >= 0, f"--steps must be >= 0, got {t.n_steps}"),
+        (t.batch_size >= 2, f"--batch-size must be >= 2 (batch norm and per-batch fits), got {t.batch_size}"),
+        (t.lr_g > 0 and t.lr_d > 0, f"learning rates must be > 0, got lr_g={t.lr_g}, lr_d={t.lr_d}"),
+        (t.lambda_info >= 0 and t.lambda_struct >= 0, "lambda_info and lambda_struct must be >= 0"),
+        (t.struct_floor > 0, f"--struct-floor must be > 0, got {t.struct_floor}"),
+        (t.width > 0, f"--width must be > 0, got {t.width}"),
+        (t.log_every >= 1, f"--log-every must be >= 1, got {t.log_every}"),
+        (t.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {t.checkpoint_every}"),
+        (cfg.n_eval >= 10, f"--n-eval must be >= 10, got {cfg.n_eval}"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise ValueError(message)

@@ -1,0 +1,143 @@
+"""The one interface every dataset offers to training, evaluation and the metrics.
+
+Images live on the dataset's device as tensors and batches are drawn by indexing (no DataLoader
+workers, see DESIGN.md section 7). Every image a dataset hands out is float32 in [-1, 1], shape
+(B, C, H, W), because G ends in tanh.
+
+Where files are looked for, in order: the ``data_dir`` argument (``--data-dir``), the environment
+variable ``STRUCTSEARCH_DATA``, then ``~/.cache/structsearch/<name>/``; in each of the first two,
+files may sit in a ``<name>/`` subfolder (looked at first) or directly in the folder.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gan.latents import SPECS, LatentSpec
+
+DATA_ENV = "STRUCTSEARCH_DATA"
+
+
+class DatasetError(Exception):
+    """User-facing error; its str() is a complete message the CLI prints before exiting 2."""
+
+
+def cache_dir(name: str) -> Path:
+    """Where downloads of dataset ``name`` go: ``~/.cache/structsearch/<name>/``."""
+    return Path.home() / ".cache" / "structsearch" / name
+
+
+def search_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Folders to look in for dataset ``name``'s files, in order of preference."""
+    dirs: list[Path] = []
+    for root in (data_dir, os.environ.get(DATA_ENV) or None):
+        if root is not None:
+            root = Path(root).expanduser()
+            dirs += [root / name, root]  # the named subfolder first: MNIST and Fashion-MNIST share file names
+    dirs.append(cache_dir(name))
+    return list(dict.fromkeys(dirs))  # drop repeats, keep order
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels in [0, 255] -> float32 in [-1, 1]."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+class Dataset(ABC):
+    """Images (and labels or factors) resident on ``device``.
+
+    Subclasses set the class attributes and implement ``_train_images`` and ``test_images``;
+    factor datasets (dsprites, shapes) also implement the factor methods.
+    """
+
+    name: str
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    spec_name: str  # default latent spec, a key of gan.latents.SPECS
+    n_train: int
+    n_test: int
+    n_classes: int | None = None
+    factor_names: tuple[str, ...] = ()
+    factor_sizes: tuple[int, ...] = ()
+    true_edges: tuple[tuple[str, str], ...] | None = None
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+
+    @property
+    def spec(self) -> LatentSpec:
+        """The default latent spec for this dataset."""
+        return SPECS[self.spec_name]
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """(B, C, H, W) float32 training images in [-1, 1], uniform with replacement.
+
+        ``generator`` must live on ``self.device``; the same generator state gives the same batch.
+        """
+        index = torch.randint(self.n_train, (batch_size,), generator=generator, device=self.device)
+        return self._train_images(index)
+
+    @abstractmethod
+    def _train_images(self, index: torch.Tensor) -> torch.Tensor:
+        """Training images at ``index`` (B,) (int64 on device) -> (B, C, H, W) in [-1, 1]."""
+
+    @abstractmethod
+    def test_images(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The first ``n`` held-out images (all when None) in [-1, 1], and their labels (N,) or None."""
+
+    # Factor datasets only ------------------------------------------------------------------------
+
+    def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """(n, n_factors) int64 factor classes drawn from the dataset's own factor distribution."""
+        raise self._no_factors()
+
+    def observations_from_factors(self, factors: np.ndarray) -> torch.Tensor:
+        """Factor classes (n, n_factors) -> images (n, C, H, W) float32 in [-1, 1] on device."""
+        raise self._no_factors()
+
+    def test_factors(self, n: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        """The first ``n`` held-out images and their factor classes (N, n_factors) int64."""
+        raise self._no_factors()
+
+    def _no_factors(self) -> DatasetError:
+        return DatasetError(
+            f"dataset {self.name!r} has no ground-truth factors; "
+            "use a factor dataset (dsprites, shapes) for disentanglement metrics"
+        )
+
+    def _check_factors(self, factors: np.ndarray) -> np.ndarray:
+        """Validate (n, n_factors) classes against ``factor_sizes``; return them as int64."""
+        factors = np.asarray(factors)
+        if factors.ndim != 2 or factors.shape[1] != len(self.factor_sizes):
+            raise DatasetError(
+                f"{self.name}: factors must have shape (n, {len(self.factor_sizes)}) "
+                f"for {', '.join(self.factor_names)}; got {factors.shape}"
+            )
+        factors = factors.astype(np.int64, copy=False)
+        bad = (factors < 0) | (factors >= np.asarray(self.factor_sizes))
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise DatasetError(
+                f"{self.name}: factor {self.factor_names[col]} has {self.factor_sizes[col]} classes, "
+                f"got class {factors[row, col]} in row {row}"
+            )
+        return factors
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, image_shape={self.image_shape}, "
+            f"n_train={self.n_train}, n_test={self.n_test}, device={str(self.device)!r})"
+        )
+
+
+def first_n(n: int | None, total: int) -> int:
+    """How many of ``total`` held-out items a ``test_*(n)`` call returns."""
+    if n is None:
+        return total
+    if n < 0:
+        raise DatasetError(f"asked for {n} test images; expected a count >= 0")
+    return min(n, total)

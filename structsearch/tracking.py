@@ -1,0 +1,170 @@
+"""Experiment tracking with MLflow (the project's only mlflow import).
+
+Runs are addressed by id through ``MlflowClient`` (no global "active run"), so a study's parent
+run and its trials' child runs can live in different processes and machines: a child names its
+parent with the ``mlflow.parentRunId`` tag, which is what the MLflow UI nests by.
+
+The default store is ``sqlite:///<project>/runs/mlflow.db`` (MLflow's file store is deprecated),
+and artifacts go to ``runs/mlartifacts`` next to it, set explicitly when the experiment is
+created so nothing depends on the current directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+NONE = "none"
+
+
+class Tracker(Protocol):
+    def start_run(self, name: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> str | None: ...
+    def resume_run(self, run_id: str) -> str | None: ...
+    def log_metrics(self, run_id: str | None, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+    def log_params(self, run_id: str | None, params: Mapping[str, Any]) -> None: ...
+    def set_tags(self, run_id: str | None, tags: Mapping[str, str]) -> None: ...
+    def log_artifact(self, run_id: str | None, path: str | os.PathLike, artifact_path: str | None = None) -> None: ...
+    def end_run(self, run_id: str | None, status: str = "FINISHED") -> None: ...
+
+
+class NullTracker:
+    """``--tracking none``: every call does nothing."""
+
+    uri = NONE
+
+    def start_run(self, name, params, tags=None, parent_run_id=None):
+        return None
+
+    def resume_run(self, run_id):
+        return None
+
+    def log_metrics(self, run_id, metrics, step=None):
+        pass
+
+    def log_params(self, run_id, params):
+        pass
+
+    def set_tags(self, run_id, tags):
+        pass
+
+    def log_artifact(self, run_id, path, artifact_path=None):
+        pass
+
+    def end_run(self, run_id, status="FINISHED"):
+        pass
+
+
+class MlflowTracker:
+    """One MLflow experiment in one tracking store."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None) -> None:
+        import mlflow  # slow to import: only when tracking is on
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        mlflow.set_tracking_uri(uri)
+        self.client = MlflowClient(tracking_uri=uri)
+        with _store_lock(uri):  # the first client of a new SQLite store creates its tables
+            found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            location = artifact_root.resolve().as_uri() if artifact_root else None
+            try:
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            except Exception:  # another worker created it first
+                found = self.client.get_experiment_by_name(experiment)
+                if found is None:
+                    raise
+                self.experiment_id = found.experiment_id
+        else:
+            self.experiment_id = found.experiment_id
+
+    def start_run(self, name, params, tags=None, parent_run_id=None):
+        tags = dict(tags or {})
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def resume_run(self, run_id):
+        self.client.update_run(run_id, status="RUNNING")
+        return run_id
+
+    def log_metrics(self, run_id, metrics, step=None):
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+        if run_id and batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def log_params(self, run_id, params):
+        from mlflow.entities import Param
+
+        existing = set(self.client.get_run(run_id).data.params)
+        batch = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+        for i in range(0, len(batch), 100):  # MLflow caps a batch at 100 params
+            self.client.log_batch(run_id, params=batch[i : i + 100])
+
+    def set_tags(self, run_id, tags):
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v))
+
+    def log_artifact(self, run_id, path, artifact_path=None):
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+        elif path.exists():
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def end_run(self, run_id, status="FINISHED"):
+        if run_id:
+            self.client.set_terminated(run_id, status=status)
+
+    def find_runs(self, filter_string: str) -> list:
+        return self.client.search_runs([self.experiment_id], filter_string=filter_string)
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """Serialize processes that open a SQLite store: MLflow's schema migration is not safe to run
+    twice at once (two workers starting together fail with an alembic CommandError)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def default_uri(runs_dir: Path) -> str:
+    """``sqlite:///<absolute runs dir>/mlflow.db``."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(runs_dir / 'mlflow.db').resolve()}"
+
+
+def make_tracker(uri: str | None, experiment: str, runs_dir: Path) -> Tracker:
+    """``none`` turns tracking off; None means the project's default SQLite store under ``runs_dir``."""
+    if uri == NONE:
+        return NullTracker()
+    if uri is None:
+        uri = default_uri(runs_dir)
+    if uri.startswith("file:") or ("://" not in uri):
+        raise ValueError(f"tracking URI {uri!r} is MLflow's deprecated file store; use e.g. sqlite:///runs/mlflow.db or 'none'")
+    # Artifacts beside a SQLite store; a server or database URL keeps its own artifact root.
+    artifact_root = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" if uri.startswith("sqlite:///") else None
+    return MlflowTracker(uri, experiment, artifact_root)

@@ -1,0 +1,144 @@
+"""One run of one graph: the only place where training, scoring and tracking meet.
+
+``run_trial`` is what ``structsearch train`` calls once and what every search trial calls. It
+writes a self-contained run folder (resolved config, graph, checkpoint, pictures, scores) and,
+unless tracking is off, one MLflow run with the same content.
+
+    runs/<name>/config.json      resolved RunConfig
+                graph.json/.png  the graph
+                checkpoint.pt    G, D/Q, optimizers, step, random streams (atomic writes)
+                traversals/      one grid per code + extrapolation grids
+                scores.json      the scores after training, with the run's status
+                run.json         MLflow run id (so --resume continues the same MLflow run)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from gan.latents import get_spec
+from gan.train import Trainer, TrainResult, resolve_device
+from gan.traversal import save_traversals
+from structsearch.config import RunConfig
+from structsearch.drawing import draw_graph
+from structsearch.evaluate import compute_scores
+from structsearch.graph import Graph, load_graph
+from structsearch.tracking import NullTracker, Tracker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialResult:
+    status: str  # completed | diverged | stopped
+    message: str
+    step: int
+    run_dir: Path
+    run_id: str | None
+    scores: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def load_dataset(cfg: RunConfig, device=None):
+    """The run's dataset on its device (``DatasetError`` for a user mistake)."""
+    from structsearch.datasets import get_dataset
+
+    options = {"graph": cfg.shapes_graph} if cfg.dataset == "shapes" else {}
+    device = device or resolve_device(cfg.device)
+    return get_dataset(cfg.dataset, data_dir=cfg.data_dir, device=device, seed=0, **options)
+
+
+def resolve_graph(cfg: RunConfig, dataset) -> Graph:
+    """The run's graph on its latent spec (the dataset's unless ``codes`` says otherwise)."""
+    spec = get_spec(cfg.codes or dataset.spec_name)
+    return load_graph(cfg.graph, spec)
+
+
+def graph_params(graph: Graph, possible_edges: list[tuple[str, str]] | None = None) -> dict[str, object]:
+    """One 0/1 param per possible edge (``edge/q1_q3``) plus the edge list as text."""
+    edges = set(graph.edges)
+    possible = possible_edges or sorted(edges)
+    return {f"edge/{u}_{v}": int((u, v) in edges) for u, v in possible} | {"graph": graph.key or "(none)"}
+
+
+def run_trial(
+    cfg: RunConfig,
+    graph: Graph,
+    dataset,
+    run_dir: Path,
+    tracker: Tracker | None = None,
+    *,
+    name: str | None = None,
+    parent_run_id: str | None = None,
+    extra_params: dict[str, object] | None = None,
+    tags: dict[str, str] | None = None,
+    resume: bool = False,
+    on_log: Callable[[int, dict[str, float]], bool | None] | None = None,
+    progress: bool = True,
+) -> TrialResult:
+    """Train ``graph`` on ``dataset``, score it, track it; never raises for a diverged run."""
+    started = time.time()
+    tracker = tracker or NullTracker()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = dataset.device
+    checkpoint = run_dir / "checkpoint.pt"
+    cfg.save(run_dir / "config.json")
+    (run_dir / "graph.json").write_text(graph.to_json() + "\n")
+    draw_graph(graph, run_dir / "graph.png")
+
+    run_id = _start_or_resume(tracker, cfg, graph, run_dir, name, parent_run_id, extra_params, tags, resume)
+    trainer = Trainer(cfg.train, graph.spec, graph.parents(), dataset.sample, dataset.image_shape, device)
+    if resume and checkpoint.exists():
+        trainer.load(checkpoint)
+        logger.info("resumed %s at step %d", run_dir, trainer.step)
+
+    bar = tqdm(total=cfg.train.n_steps, initial=trainer.step, desc=name or run_dir.name, disable=not progress, unit="step", dynamic_ncols=True)
+
+    def log(step: int, losses: dict[str, float]) -> bool | None:
+        tracker.log_metrics(run_id, losses, step)
+        bar.update(step - bar.n)
+        bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in losses.items()})
+        return on_log(step, losses) if on_log else None
+
+    try:
+        result: TrainResult = trainer.run(callback=log, checkpoint=lambda t: t.save(checkpoint))
+    finally:
+        bar.close()
+    scores: dict[str, float] = {}
+    if result.status != "diverged":
+        scores = compute_scores(trainer.G, trainer.D, graph.spec, graph, dataset, cfg.n_eval, seed=cfg.train.seed)
+        tracker.log_metrics(run_id, {f"score/{k}": v for k, v in scores.items()}, result.step)
+        for path in save_traversals(trainer.G, graph.spec, run_dir / "traversals", seed=cfg.train.seed):
+            tracker.log_artifact(run_id, path, "traversals")
+    summary = {"status": result.status, "message": result.message, "step": result.step, "scores": scores}
+    (run_dir / "scores.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for artifact in ("config.json", "graph.json", "graph.png", "scores.json", "checkpoint.pt"):
+        tracker.log_artifact(run_id, run_dir / artifact)
+    tracker.set_tags(run_id, {"status": result.status, "message": result.message})
+    tracker.end_run(run_id, "FAILED" if result.status == "diverged" else "KILLED" if result.status == "stopped" else "FINISHED")
+    return TrialResult(result.status, result.message, result.step, run_dir, run_id, scores, time.time() - started)
+
+
+def _start_or_resume(tracker, cfg, graph, run_dir, name, parent_run_id, extra_params, tags, resume) -> str | None:
+    record = run_dir / "run.json"
+    if resume and record.exists():
+        run_id = json.loads(record.read_text()).get("run_id")
+        if run_id:
+            return tracker.resume_run(run_id)
+    params = _flat_params(cfg) | graph_params(graph) | (extra_params or {})
+    run_id = tracker.start_run(name or run_dir.name, params, tags=tags, parent_run_id=parent_run_id)
+    record.write_text(json.dumps({"run_id": run_id, "tracking_uri": getattr(tracker, "uri", None)}) + "\n")
+    return run_id
+
+
+def _flat_params(cfg: RunConfig) -> dict[str, object]:
+    data = cfg.to_dict()
+    train = data.pop("train")
+    return {**{k: v for k, v in data.items() if k != "graph"}, **{f"train.{k}": v for k, v in train.items()}}

@@ -1,0 +1,88 @@
+"""End to end: `structsearch train` as a user runs it, tiny nets, tens of steps."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from structsearch.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def _only_run(db):
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1
+    run = runs[0]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
+        a.path for a in client.list_artifacts(run.info.run_id, "traversals")
+    }
+    return client, run, artifacts
+
+
+def test_train_on_shapes_tracks_everything_and_resumes(tmp_path, capsys) -> None:
+    runs, out = tmp_path / "runs", tmp_path / "runs" / "collider"
+    argv = ["train", "--dataset", "shapes", "--graph", "collider", "--preset", "tiny", "--runs-dir", str(runs), "--out", str(out)]
+    assert main([*argv, "--steps", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert "struct_bic" in printed and "mlflow ui --backend-store-uri" in printed
+
+    client, run, artifacts = _only_run(runs / "mlflow.db")
+    assert run.data.params["graph"] == "c1->q1, c2->q2, c3->q3, q1->q3, q2->q3"
+    assert run.data.params["edge/q1_q3"] == "1" and run.data.params["edge/c3_q3"] == "1"
+    assert {"loss/d", "loss/g", "loss/info", "loss/struct"} <= set(run.data.metrics)
+    scores = {k: v for k, v in run.data.metrics.items() if k.startswith("score/")}
+    assert {"score/struct_bic", "score/agreement", "score/info"} <= set(scores)
+    assert all(math.isfinite(v) for v in scores.values())
+    assert {"checkpoint.pt", "graph.png", "graph.json", "config.json", "traversals/traversal_c1.png"} <= artifacts
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "loss/d")) == 2  # every log_every=5 steps
+
+    # A killed run continues from its checkpoint, into the same MLflow run.
+    assert main([*argv, "--resume", "--steps", "20"]) == 0
+    _, resumed, _ = _only_run(runs / "mlflow.db")
+    assert resumed.info.run_id == run.info.run_id
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 20
+    assert json.loads((out / "scores.json").read_text())["step"] == 20
+
+
+def test_train_on_real_mnist(tmp_path, mnist_dir) -> None:
+    runs = tmp_path / "runs"
+    argv = ["train", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--graph", "independent", "--preset", "tiny"]
+    assert main([*argv, "--runs-dir", str(runs), "--n-eval", "500"]) == 0
+    _, run, artifacts = _only_run(runs / "mlflow.db")
+    assert run.data.params["graph"] == "c1->q1, c2->q2, c3->q3"
+    assert 0.0 <= run.data.metrics["score/cat_acc"] <= 1.0
+    assert "traversals/traversal_c1.png" in artifacts
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "mnsit"], "unknown dataset 'mnsit'"),
+        (["--graph", "q1->q3, q3->q1"], "cycle q1 -> q3 -> q1"),
+        (["--graph", "c1->q1, q4->q1"], "unknown node 'q4'"),
+        (["--steps", "-3"], "--steps must be >= 0, got -3"),
+        (["--dataset", "mnist", "--data-dir", "/nonexistent", "--device", "cpu"], "--data-dir"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, monkeypatch, args, message) -> None:
+    from structsearch.datasets import download
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no cached MNIST
+    monkeypatch.setattr(download, "urlopen", _offline, raising=False)
+    code = main(["train", "--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--tracking", "none", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+def _offline(*args, **kwargs):
+    raise OSError("network is unreachable")

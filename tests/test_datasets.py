@@ -1,0 +1,459 @@
+"""Dataset registry: IDX reading, file lookup and download (simulated), dSprites, shapes, the contract."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pathlib
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+
+from gan.latents import SPECS
+from structsearch import datasets
+from structsearch.datasets import (
+    DATASETS,
+    Dataset,
+    DatasetError,
+    dsprites,
+    get_dataset,
+    list_datasets,
+    mnist,
+    search_dirs,
+)
+from structsearch.datasets import download as download_module
+from structsearch.datasets.idx import encode_idx, parse_idx, read_idx
+
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+class FakeResponse(io.BytesIO):
+    """What urlopen returns, enough for ``download.fetch``."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.headers = {"Content-Length": str(len(data))}
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path) -> list[str]:
+    """No network, ever: urlopen raises (tests replace it to serve files); HOME and the env are empty."""
+    calls: list[str] = []
+
+    def refuse(url, timeout=None):
+        calls.append(url)
+        raise URLError("network disabled in tests")
+
+    monkeypatch.setattr(download_module, "urlopen", refuse)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(datasets.DATA_ENV, raising=False)
+    return calls
+
+
+def small_shapes(**options) -> Dataset:
+    return get_dataset("shapes", **{"n_train": 400, "n_test": 100, **options})
+
+
+# IDX ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_round_trip_raw_and_gz(tmp_path, gz):
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 3, 4), dtype=np.uint8)
+    data = encode_idx(images)
+    path = tmp_path / ("x-idx3-ubyte.gz" if gz else "x-idx3-ubyte")
+    path.write_bytes(gzip.compress(data) if gz else data)
+    assert data[:4] == bytes([0, 0, 0x08, 3])
+    np.testing.assert_array_equal(read_idx(path), images)
+    ints = np.arange(-3, 3, dtype=np.int32)
+    np.testing.assert_array_equal(parse_idx(encode_idx(ints)), ints)
+
+
+def test_idx_truncated_file_is_refused(tmp_path):
+    data = encode_idx(np.zeros((10, 28, 28), dtype=np.uint8))
+    path = tmp_path / "short-idx3-ubyte"
+    path.write_bytes(data[:-100])
+    with pytest.raises(DatasetError, match=r"short-idx3-ubyte.*truncated.*\(10, 28, 28\)"):
+        read_idx(path)
+    with pytest.raises(DatasetError, match="trailing bytes"):
+        parse_idx(data + b"\0")
+    gz = tmp_path / "short-idx3-ubyte.gz"
+    gz.write_bytes(gzip.compress(data)[:-20])
+    with pytest.raises(DatasetError, match="not a complete gzip file"):
+        read_idx(gz)
+
+
+def test_idx_wrong_magic_is_refused(tmp_path):
+    path = tmp_path / "bad-idx1-ubyte"
+    path.write_bytes(b"\x12\x34\x08\x01" + (3).to_bytes(4, "big") + b"abc")
+    with pytest.raises(DatasetError, match=r"bad-idx1-ubyte: not an IDX file \(magic number 0x12340801"):
+        read_idx(path)
+    with pytest.raises(DatasetError, match="magic number 0x00000701"):  # unknown type byte
+        parse_idx(b"\x00\x00\x07\x01" + (0).to_bytes(4, "big"))
+
+
+# MNIST files: lookup, checksums, download -------------------------------------------------------
+
+
+def test_real_mnist(mnist_dir):
+    ds = get_dataset("mnist", data_dir=mnist_dir, download=False)
+    assert (ds.n_train, ds.n_test, ds.n_classes, ds.image_shape) == (60000, 10000, 10, (1, 28, 28))
+    assert ds.folder == mnist_dir  # the verified files were the real ones, not a download
+    assert torch.bincount(ds.train_labels, minlength=10).tolist() == MNIST_TRAIN_COUNTS
+    images, labels = ds.test_images()
+    assert images.shape == (10000, 1, 28, 28) and images.dtype == torch.float32
+    assert labels.dtype == torch.int64 and torch.bincount(labels, minlength=10).tolist() == MNIST_TEST_COUNTS
+    assert images.min() == -1 and images.max() == 1
+    assert ds.spec_name == "mnist" and ds.factor_names == ()
+    with pytest.raises(DatasetError, match="no ground-truth factors"):
+        ds.sample_factors(4, np.random.default_rng(0))
+
+
+def test_search_order(tmp_path, monkeypatch):
+    home = pathlib.Path(os.environ["HOME"])
+    cache = home / ".cache" / "structsearch" / "mnist"
+    assert search_dirs("mnist") == [cache]
+    monkeypatch.setenv(datasets.DATA_ENV, str(tmp_path / "env"))
+    expected = [tmp_path / "arg" / "mnist", tmp_path / "arg", tmp_path / "env" / "mnist", tmp_path / "env", cache]
+    assert search_dirs("mnist", tmp_path / "arg") == expected
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+@pytest.mark.parametrize("allow_download", [True, False])
+def test_missing_dataset_gives_clear_error(name, allow_download, offline):
+    with pytest.raises(DatasetError) as info:
+        get_dataset(name, download=allow_download)
+    message = str(info.value)
+    folder = pathlib.Path(os.environ["HOME"]) / ".cache" / "structsearch" / name
+    assert str(folder) in message and "--data-dir" in message
+    for file in mnist.SOURCES[name].files:
+        assert file.name in message and file.sha256 in message
+    if allow_download:  # every mirror was tried for the first file, then the error
+        assert offline == [f"{mirror}train-images-idx3-ubyte.gz" for mirror in mnist.SOURCES[name].mirrors]
+        assert "network disabled" in message
+    else:
+        assert offline == []
+
+
+def tiny_source(tmp_path: pathlib.Path, mirrors=("http://mirror-a/", "http://mirror-b/")) -> tuple:
+    """A fake 'mnist' with 6 train and 4 test images: its IdxSource and the raw file contents."""
+    rng = np.random.default_rng(1)
+    arrays = [
+        rng.integers(0, 256, size=(6, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, size=6, dtype=np.uint8),
+        rng.integers(0, 256, size=(4, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, size=4, dtype=np.uint8),
+    ]
+    contents = [encode_idx(a) for a in arrays]
+    files = tuple(
+        mnist.IdxFile(f.name, hashlib.sha256(c).hexdigest(), a.shape)
+        for f, c, a in zip(mnist.SOURCES["mnist"].files, contents, arrays, strict=True)
+    )
+    return mnist.IdxSource("mnist", files, mirrors), {f.name: c for f, c in zip(files, contents, strict=True)}, arrays
+
+
+def test_download_retries_mirrors_and_verifies(tmp_path, monkeypatch):
+    source, contents, arrays = tiny_source(tmp_path)
+    monkeypatch.setitem(mnist.SOURCES, "mnist", source)
+    calls = []
+
+    def serve(url, timeout=None):
+        calls.append(url)
+        if "mirror-a" in url:
+            raise URLError("mirror a is down")
+        return FakeResponse(gzip.compress(contents[url.rsplit("/", 1)[1].removesuffix(".gz")]))
+
+    monkeypatch.setattr(download_module, "urlopen", serve)
+    ds = get_dataset("mnist")
+    cache = pathlib.Path(os.environ["HOME"]) / ".cache" / "structsearch" / "mnist"
+    assert ds.folder == cache and len(calls) == 8
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [f"{f.name}.gz" for f in source.files] + [mnist.VERIFIED_MARKER]
+    )
+    np.testing.assert_array_equal(ds.train_labels.numpy(), arrays[1])
+    images, labels = ds.test_images(3)
+    np.testing.assert_array_equal(((images[:, 0] + 1) * 127.5).round().numpy(), arrays[2][:3])
+
+
+def test_download_with_wrong_content_is_refused_and_leaves_nothing(tmp_path, monkeypatch):
+    source, contents, _ = tiny_source(tmp_path, mirrors=("http://mirror-a/",))
+    monkeypatch.setitem(mnist.SOURCES, "mnist", source)
+    monkeypatch.setattr(download_module, "urlopen", lambda url, timeout=None: FakeResponse(gzip.compress(b"junk")))
+    with pytest.raises(DatasetError, match=r"download failed: .*sha256 of the content is .*, expected"):
+        get_dataset("mnist")
+    cache = pathlib.Path(os.environ["HOME"]) / ".cache" / "structsearch" / "mnist"
+    assert list(cache.iterdir()) == []  # no half-written or unverified file left behind
+
+
+def test_corrupted_file_is_refused(tmp_path, monkeypatch):
+    source, contents, _ = tiny_source(tmp_path)
+    monkeypatch.setitem(mnist.SOURCES, "mnist", source)
+    folder = tmp_path / "data" / "mnist"  # the <name>/ subfolder of --data-dir
+    folder.mkdir(parents=True)
+    for name, content in contents.items():
+        (folder / name).write_bytes(content)
+    get_dataset("mnist", data_dir=tmp_path / "data")  # intact: loads, and remembers the check
+    assert (folder / mnist.VERIFIED_MARKER).exists()
+    broken = bytearray(contents["t10k-labels-idx1-ubyte"])
+    broken[-1] ^= 1
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(bytes(broken))  # same size, new mtime
+    os.utime(folder / "t10k-labels-idx1-ubyte", ns=(1, 1))
+    with pytest.raises(DatasetError) as info:
+        get_dataset("mnist", data_dir=tmp_path / "data")
+    message = str(info.value)
+    assert str(folder / "t10k-labels-idx1-ubyte") in message and "checksum mismatch" in message
+    assert source.files[3].sha256 in message and hashlib.sha256(broken).hexdigest() in message
+
+
+def test_real_checksums_refuse_a_plausible_fake(tmp_path):
+    """With the pinned checksums, a well-formed but unofficial file is refused, not loaded."""
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for file in mnist.SOURCES["mnist"].files:
+        (folder / f"{file.name}.gz").write_bytes(gzip.compress(encode_idx(np.zeros(file.shape[:1], np.uint8))))
+    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte.gz: checksum mismatch.*expected ba891046"):
+        get_dataset("mnist", data_dir=tmp_path)
+
+
+# dSprites -------------------------------------------------------------------------------------------
+
+
+def test_dsprites_flat_index_round_trip():
+    rng = np.random.default_rng(0)
+    factors = np.stack([rng.integers(k, size=1000) for k in dsprites.FACTOR_SIZES], axis=1)
+    index = dsprites.factors_to_index(factors)
+    np.testing.assert_array_equal(dsprites.index_to_factors(index), factors)
+    with_color = np.concatenate([np.zeros((1000, 1), np.int64), factors], axis=1)
+    np.testing.assert_array_equal(dsprites.factors_to_index(with_color), index)
+    assert dsprites.factors_to_index(np.array([[0, 0, 0, 0, 1]]))[0] == 1  # posY fastest
+    assert dsprites.factors_to_index(np.array([[2, 5, 39, 31, 31]]))[0] == dsprites.N_IMAGES - 1
+    all_index = np.arange(dsprites.N_IMAGES)
+    np.testing.assert_array_equal(dsprites.factors_to_index(dsprites.index_to_factors(all_index)), all_index)
+
+
+def test_dsprites_shapes_of_arrays():
+    ds = get_dataset("dsprites", n_test=50)
+    assert (ds.n_train, ds.n_test, ds.image_shape, ds.source) == (737280, 50, (1, 64, 64), "procedural")
+    factors = ds.sample_factors(20, np.random.default_rng(0))
+    assert factors.shape == (20, 5) and factors.dtype == np.int64
+    assert (factors >= 0).all() and (factors < np.array(ds.factor_sizes)).all()
+    images = ds.observations_from_factors(factors)
+    assert images.shape == (20, 1, 64, 64) and images.dtype == torch.float32
+    assert set(images.unique().tolist()) == {-1.0, 1.0}
+    test_images, test_factors = ds.test_factors(10)
+    assert test_images.shape == (10, 1, 64, 64) and test_factors.shape == (10, 5)
+    torch.testing.assert_close(ds.observations_from_factors(test_factors), test_images)
+    with pytest.raises(DatasetError, match="orientation has 40 classes, got class 40"):
+        ds.observations_from_factors(np.array([[0, 0, 40, 0, 0]]))
+
+
+def render(shape: int, scale: int, orientation: int, pos_x: int, pos_y: int) -> np.ndarray:
+    """One procedural sprite as a (64, 64) bool array."""
+    return dsprites.render(torch.tensor([[shape, scale, orientation, pos_x, pos_y]]))[0, 0].numpy() > 0
+
+
+def test_dsprites_stay_off_the_border():
+    rows = [[s, 5, o, x, y] for s in range(3) for o in range(40) for x in (0, 31) for y in (0, 31)]
+    images = dsprites.render(torch.tensor(rows))[:, 0] > 0  # (480, 64, 64)
+    assert images.sum(dim=(1, 2)).min() > 50
+    border = images[:, 0].any() | images[:, -1].any() | images[:, :, 0].any() | images[:, :, -1].any()
+    assert not border
+
+
+def test_dsprites_mass_grows_with_scale():
+    for shape in range(3):
+        for orientation in (0, 7, 13):
+            mass = [render(shape, s, orientation, 15, 15).sum() for s in range(6)]
+            assert all(a < b for a, b in zip(mass, mass[1:], strict=False)), (shape, orientation, mass)
+
+
+def centroid(image: np.ndarray) -> tuple[float, float]:
+    rows, cols = np.nonzero(image)
+    return rows.mean(), cols.mean()
+
+
+def test_dsprites_centroid_moves_with_position():
+    for shape in range(3):
+        xs = [centroid(render(shape, 3, 0, p, 10)) for p in range(32)]
+        ys = [centroid(render(shape, 3, 0, 10, p)) for p in range(32)]
+        assert all(b[1] > a[1] for a, b in zip(xs, xs[1:], strict=False))  # posX moves right
+        assert all(b[0] > a[0] for a, b in zip(ys, ys[1:], strict=False))  # posY moves down
+        assert np.ptp([c[0] for c in xs]) < 0.5 and np.ptp([c[1] for c in ys]) < 0.5  # the other axis stays
+
+
+def test_dsprites_heart_points_down_and_ellipse_is_elongated():
+    def mass_above_box_centre(image: np.ndarray) -> float:
+        rows = np.nonzero(image)[0]
+        return (rows.min() + rows.max()) / 2 - rows.mean()  # > 0: mass in the upper part, tip down
+
+    heart = render(2, 5, 0, 16, 16)
+    rows = np.nonzero(heart)[0]
+    widths = heart[rows.min() : rows.max() + 1].sum(axis=1)
+    assert mass_above_box_centre(heart) > 1 and widths[-1] <= 3 and widths.argmax() < len(widths) / 2
+    assert mass_above_box_centre(render(2, 5, 20, 16, 16)) < -1  # orientation ~pi: tip up
+    ellipse = render(1, 5, 0, 16, 16)
+    rows, cols = np.nonzero(ellipse)
+    assert np.ptp(cols) > 1.7 * np.ptp(rows)
+    rows, cols = np.nonzero(render(1, 5, 10, 16, 16))  # orientation ~pi/2: now tall
+    assert np.ptp(rows) > 1.7 * np.ptp(cols)
+    square = render(0, 5, 0, 16, 16)
+    rows, cols = np.nonzero(square)
+    assert square.sum() == (np.ptp(rows) + 1) * (np.ptp(cols) + 1)  # axis-aligned and filled
+
+
+def test_dsprites_npz_reader_and_checks(tmp_path):
+    imgs = (np.random.default_rng(0).random((5, 64, 64)) < 0.3).astype(np.uint8)
+    npz = tmp_path / "small.npz"
+    np.savez_compressed(npz, imgs=imgs, latents_classes=np.zeros((5, 6), np.int64))
+    packed = torch.from_numpy(dsprites.read_packed_images(npz, chunk_rows=2))
+    assert packed.shape == (5, 64, 8)
+    np.testing.assert_array_equal(dsprites._unpack(packed)[:, 0].numpy() > 0, imgs.astype(bool))
+    (tmp_path / dsprites.FILE_NAME).write_bytes(b"not the real file")
+    with pytest.raises(DatasetError, match=f"md5 [0-9a-f]+, expected {dsprites.FILE_MD5}"):
+        get_dataset("dsprites", data_dir=tmp_path)
+    assert get_dataset("dsprites", data_dir=tmp_path, source="procedural").source == "procedural"
+
+
+def test_dsprites_deepmind_source_offline(tmp_path, offline):
+    with pytest.raises(DatasetError, match=r"download=False.*--data-dir"):
+        get_dataset("dsprites", source="deepmind", download=False)
+    assert offline == []
+    with pytest.raises(DatasetError, match=f"download failed.*{dsprites.FILE_NAME} \\(md5 {dsprites.FILE_MD5}"):
+        get_dataset("dsprites", source="deepmind")
+    assert offline == [dsprites.FILE_URL]
+    get_dataset("dsprites")  # the default never touches the network
+    assert offline == [dsprites.FILE_URL]
+
+
+# shapes -----------------------------------------------------------------------------------------------
+
+
+def test_shapes_seeded():
+    a, b, c = small_shapes(seed=3), small_shapes(seed=3), small_shapes(seed=4)
+    torch.testing.assert_close(a.test_images()[0], b.test_images()[0])
+    torch.testing.assert_close(
+        a.sample(32, torch.Generator().manual_seed(0)), b.sample(32, torch.Generator().manual_seed(0))
+    )
+    assert not torch.equal(a.test_images()[0], c.test_images()[0])
+    assert not np.array_equal(a.train_factors, c.train_factors)
+    assert not np.array_equal(a.test_factors()[1], a.train_factors[:100])  # test set from another seed
+
+
+def partial_corr(f: np.ndarray, i: int, j: int, given: int) -> float:
+    """Correlation of factors i and j within strata of factor ``given`` (0 when i, j independent given it)."""
+    resid = f[:, [i, j]].astype(float)
+    for level in np.unique(f[:, given]):
+        rows = f[:, given] == level
+        resid[rows] -= resid[rows].mean(axis=0)
+    return float(np.corrcoef(resid.T)[0, 1])
+
+
+@pytest.mark.parametrize("graph", ["collider", "chain", "fork", "independent"])
+def test_shapes_factors_follow_the_graph(graph):
+    ds = small_shapes(graph=graph)
+    f = ds.sample_factors(40_000, np.random.default_rng(0))
+    corr = np.corrcoef(f.T)
+    strong, weak = 0.3, 0.03
+    edges = {"collider": {(0, 2), (1, 2)}, "chain": {(0, 1), (1, 2)}, "fork": {(0, 1), (0, 2)}, "independent": set()}
+    assert ds.true_edges == tuple(sorted((f"q{p + 1}", f"q{c + 1}") for p, c in edges[graph]))
+    for p, c in edges[graph]:
+        assert abs(corr[p, c]) > strong, (graph, p, c, corr)
+    if graph == "collider":
+        assert abs(corr[0, 1]) < weak  # f1 and f2 independent ...
+        assert abs(partial_corr(f, 0, 1, given=2)) > 0.2  # ... but dependent given their child
+    if graph == "chain":
+        assert corr[0, 2] > strong and abs(partial_corr(f, 0, 2, given=1)) < weak
+    if graph == "fork":
+        assert corr[1, 2] > strong and abs(partial_corr(f, 1, 2, given=0)) < weak
+    if graph == "independent":
+        assert np.abs(corr - np.eye(3)).max() < weak
+    train_corr = np.corrcoef(get_dataset("shapes", graph=graph, n_train=5000, n_test=0).train_factors.T)
+    np.testing.assert_allclose(train_corr, corr, atol=0.06)  # the images follow the same model
+    assert set(np.unique(f)) == set(range(16))  # every class is used
+
+
+def test_shapes_graph_option():
+    assert small_shapes().true_edges == (("q1", "q3"), ("q2", "q3"))  # the default: the paper's collider
+    assert small_shapes(graph="q2->q1, q1->q3").true_edges == (("q1", "q3"), ("q2", "q1"))
+    assert small_shapes(graph=[("q3", "q1")]).true_edges == (("q3", "q1"),)
+    with pytest.raises(DatasetError, match="cycle through q1, q2"):
+        small_shapes(graph="q1->q2, q2->q1")
+    with pytest.raises(DatasetError, match="unknown graph 'zigzag'; expected one of collider, chain"):
+        small_shapes(graph="zigzag")
+    with pytest.raises(DatasetError, match="bad edge q1->q4"):
+        small_shapes(graph="q1->q4")
+
+
+def test_shapes_each_factor_is_visible_on_its_own():
+    ds = small_shapes()
+
+    def features(factors) -> np.ndarray:
+        ink = (ds.observations_from_factors(np.array(factors))[:, 0].numpy() + 1) / 2  # (n, 32, 32)
+        rows, cols = ink.sum(axis=2) > 0.5, ink.sum(axis=1) > 0.5
+        return np.stack([cols.sum(axis=1), ink.sum(axis=(1, 2)), rows.sum(axis=1)], axis=1)  # width, mass, height
+
+    levels = np.arange(16)
+    width = features([[k, 5, 8] for k in levels])
+    thick = features([[8, k, 8] for k in levels])
+    height = features([[8, 5, k] for k in levels])
+    assert np.all(np.diff(width[:, 0]) >= 0) and width[-1, 0] - width[0, 0] >= 14 and np.ptp(width[:, 2]) <= 1
+    assert np.all(np.diff(thick[:, 1]) > 0) and thick[-1, 1] > 2.5 * thick[0, 1]
+    assert np.all(np.diff(height[:, 2]) >= 0) and height[-1, 2] - height[0, 2] >= 14 and np.ptp(height[:, 0]) <= 1
+    images = ds.observations_from_factors(np.array([[15, 15, 15], [0, 0, 0]]))
+    assert images[:, :, [0, -1]].max() == -1 and images[:, :, :, [0, -1]].max() == -1
+
+
+# The common contract, over every dataset ---------------------------------------------------------
+
+
+def build(name: str, request) -> Dataset:
+    if name in ("mnist",):
+        return get_dataset(name, data_dir=request.getfixturevalue("mnist_dir"))
+    return small_shapes() if name == "shapes" else get_dataset(name, n_test=40)
+
+
+@pytest.mark.parametrize("name", ["mnist", "dsprites", "shapes"])
+def test_sample_contract(name, request):
+    ds = build(name, request)
+    batch = ds.sample(16, torch.Generator(ds.device).manual_seed(7))
+    assert batch.shape == (16, *ds.image_shape) and batch.dtype == torch.float32 and batch.device == ds.device
+    assert batch.min() >= -1 and batch.max() <= 1 and batch.max() > batch.min()
+    torch.testing.assert_close(batch, ds.sample(16, torch.Generator(ds.device).manual_seed(7)))
+    assert not torch.equal(batch, ds.sample(16, torch.Generator(ds.device).manual_seed(8)))
+    images, labels = ds.test_images(5)
+    assert images.shape == (5, *ds.image_shape) and images.dtype == torch.float32
+    assert (labels is not None) == (ds.n_classes is not None)
+    assert ds.spec_name in SPECS and ds.name in DATASETS
+    if ds.factor_names:
+        assert len(ds.factor_names) == len(ds.factor_sizes)
+        _, factors = ds.test_factors(5)
+        assert factors.shape == (5, len(ds.factor_names)) and factors.dtype == np.int64
+        torch.testing.assert_close(ds.observations_from_factors(factors), images)
+    if name == "shapes":
+        assert len(ds.spec.codes) == len(ds.factor_names) and ds.spec.noise_dim <= 2
+
+
+def test_registry_errors_and_listing(tmp_path, monkeypatch, offline):
+    with pytest.raises(DatasetError, match="unknown dataset 'cifar'; expected one of mnist, fashion-mnist, dsprites"):
+        get_dataset("cifar")
+    with pytest.raises(DatasetError, match="shapes: unknown option.*colour; accepted: graph"):
+        get_dataset("shapes", colour=1)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("list_datasets must not read files")
+
+    monkeypatch.setattr(mnist, "load_verified", no_loading)
+    monkeypatch.setattr(dsprites, "read_packed_images", no_loading)
+    rows = {row["name"]: row for row in list_datasets(tmp_path)}
+    assert list(rows) == list(DATASETS) and offline == []
+    assert rows["mnist"]["files"] == f"missing: {tmp_path}"
+    assert rows["mnist"]["image_shape"] == (1, 28, 28) and rows["mnist"]["n_train"] == 60000
+    assert rows["dsprites"]["files"] == rows["shapes"]["files"] == "procedural"
+    (tmp_path / "dsprites").mkdir()
+    (tmp_path / "dsprites" / dsprites.FILE_NAME).write_bytes(b"")
+    assert list_datasets(tmp_path)[2]["files"] == str(tmp_path / "dsprites" / dsprites.FILE_NAME)
