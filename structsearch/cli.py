@@ -7,6 +7,8 @@ one-line message, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -89,6 +91,120 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if result.status != "diverged" else 1
 
 
+def cmd_optimize(args: argparse.Namespace) -> int:
+    import optuna
+
+    from structsearch import search
+
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if args.verbose else optuna.logging.WARNING)
+    run = config_mod.config_from_args(args)
+    _check(run)
+    study = args.study or f"{run.dataset}-{args.space}"
+    cfg = search.SearchConfig(
+        study=study, n_trials=args.trials, storage=args.storage, runs_dir=args.runs_dir, tracking=args.tracking,
+        space=args.space, cross_edges=args.cross_edges, max_parents=args.max_parents, forbidden=tuple(args.forbid),
+        order=tuple(args.order.replace(" ", "").split(",")) if args.order else (), candidates=args.candidates,
+        objectives=tuple(args.objective or ("struct_bic",)), min_info=args.min_info, sampler=args.sampler,
+        pruner=args.pruner, seed=args.seed, seed_graphs=tuple(args.seed_graph),
+        heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period, run=run,
+    )
+    _device(run.device)
+    with _as_usage_errors(ValueError):
+        for name in cfg.objectives:
+            search.direction(name)
+        study_obj = search.run_search(cfg, workers=args.workers, gpus=_gpus(args.gpus))
+    _print_top(study_obj, cfg, args.top)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import optuna
+
+    from structsearch import search
+
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if args.verbose else optuna.logging.WARNING)
+    with _as_usage_errors(ValueError):
+        cfg = search.config_of(args.study, args.storage)
+    cfg = dataclasses.replace(cfg, runs_dir=args.runs_dir or cfg.runs_dir, tracking=args.tracking or cfg.tracking)
+    if args.trials:
+        cfg = dataclasses.replace(cfg, n_trials=args.trials)
+    if args.device:
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, device=args.device))
+    with _as_usage_errors(ValueError):
+        study = search.optimize(cfg)
+    print(f"worker done: {search.finished(study)}/{cfg.n_trials} trials finished in study {cfg.study}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from structsearch import search
+    from structsearch.drawing import draw_graph
+    from structsearch.graph import Graph
+
+    storage = args.storage or search.SearchConfig(study=args.study, runs_dir=args.runs_dir).storage_url()
+    with _as_usage_errors(ValueError):
+        study = search.load_existing(args.study, storage)
+    best = search.ranked(study)[: args.top]
+    if not best:
+        raise UsageError(f"study {args.study!r} has no completed trial yet")
+    out = Path(args.out or Path(args.runs_dir) / args.study / "export")
+    out.mkdir(parents=True, exist_ok=True)
+    for rank, trial in enumerate(best, 1):
+        graph = Graph.from_json(trial.user_attrs["graph_json"])
+        path = out / f"best-{rank}.{args.format}"
+        if args.format == "json":
+            path.write_text(graph.to_json() + "\n")
+        elif args.format == "dot":
+            path.write_text(graph.to_dot())
+        else:
+            draw_graph(graph, path, title=f"#{rank} trial {trial.number}: {graph.key}")
+        print(f"{path}  trial {trial.number}  {graph.key}")
+    if args.format == "json":
+        print(f"retrain one with: structsearch train --graph {out / 'best-1.json'} ...")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from structsearch.tracking import default_uri
+
+    uri = args.tracking or default_uri(Path(args.runs_dir))
+    print(f"MLflow UI on http://127.0.0.1:{args.port}  (store {uri}); Ctrl-C stops it")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    return subprocess.call(cmd)
+
+
+def _print_top(study, cfg, top: int) -> None:
+    from structsearch import search
+
+    best = search.ranked(study)[:top]
+    print(f"\nstudy {cfg.study}: {search.finished(study)} trials finished; top {len(best)} graphs")
+    header = ["rank", "trial", *cfg.objectives, "info_min", "mlflow run", "graph"]
+    rows = []
+    for rank, t in enumerate(best, 1):
+        scores = t.user_attrs.get("scores", {})
+        infeasible = "" if all(v <= 0 for v in t.user_attrs.get("constraint", [0])) else " (infeasible)"
+        rows.append([str(rank), str(t.number), *(f"{v:.4g}" for v in t.values), f"{scores.get('info_min', float('nan')):.3f}",
+                     (t.user_attrs.get("mlflow_run_id") or "-")[:12], t.user_attrs.get("graph_key", "") + infeasible])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print(f"compare them: structsearch ui --runs-dir {cfg.runs_dir}   (MLflow experiment study-{cfg.study})")
+
+
+def _gpus(text: str | None) -> list[str]:
+    return [g.strip() for g in text.split(",") if g.strip()] if text else []
+
+
+@contextlib.contextmanager
+def _as_usage_errors(*kinds: type[Exception]):
+    try:
+        yield
+    except kinds as err:
+        raise UsageError(str(err)) from None
+
+
 def _check(cfg) -> None:
     try:
         config_mod.check(cfg)
@@ -160,7 +276,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking", help="MLflow tracking URI (default: sqlite:///<runs-dir>/mlflow.db), or 'none'")
     config_mod.add_config_arguments(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("optimize", help="search graphs with Optuna: one trial = one graph trained and scored")
+    p.add_argument("--trials", type=int, default=50, help="finished trials the study should hold (default: 50)")
+    p.add_argument("--study", help="study name (default: <dataset>-<space>); rerunning resumes it")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<runs-dir>/<study>/study.db; postgresql://... for many machines)")
+    p.add_argument("--preset", choices=list(config_mod.PRESETS), help="training preset of every trial")
+    p.add_argument("--space", default="ordered", choices=["ordered", "fixed-order", "candidates", "brute-force"], help="search space (default: ordered)")
+    p.add_argument("--cross-edges", action="store_true", help="also search edges ci->qj, i != j")
+    p.add_argument("--max-parents", type=int, help="at most this many q parents per q node")
+    p.add_argument("--forbid", action="append", default=[], metavar="EDGE", help="an edge never proposed, e.g. q3->q1 (repeatable)")
+    p.add_argument("--order", help="fixed-order space: topological order of the q nodes, e.g. q1,q2,q3")
+    p.add_argument("--candidates", help="candidates space: file with one graph per line (or a JSON list)")
+    p.add_argument("--objective", action="append", help="objective by name (repeat for a multi-objective study; default: struct_bic)")
+    p.add_argument("--min-info", type=float, help="trials whose worst code has info below this are infeasible")
+    p.add_argument("--sampler", default="tpe", choices=["tpe", "gp", "random", "nsga2"], help="Optuna sampler (default: tpe)")
+    p.add_argument("--pruner", default="median", choices=["none", "median", "hyperband"], help="pruner (default: median)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and, through the trial number, of every trial")
+    p.add_argument("--seed-graph", action="append", default=[], help="a graph tried first (repeatable); independent always is")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine sharing the study")
+    p.add_argument("--gpus", help="comma-separated GPU ids; worker i gets GPU i mod len")
+    p.add_argument("--top", type=int, default=5, help="rows of the final table")
+    p.add_argument("--runs-dir", default="runs", help="where runs, studies and the default MLflow store live")
+    p.add_argument("--tracking", help="MLflow tracking URI (default: sqlite:///<runs-dir>/mlflow.db), or 'none'")
+    p.add_argument("--heartbeat-interval", type=int, default=10, help=argparse.SUPPRESS)
+    p.add_argument("--grace-period", type=int, default=60, help=argparse.SUPPRESS)
+    config_mod.add_config_arguments(p, skip=("graph", "seed"))
+    p.set_defaults(func=cmd_optimize)
+
+    p = sub.add_parser("worker", help="join an existing study from another process or machine")
+    p.add_argument("--study", required=True)
+    p.add_argument("--storage", required=True, help="the study's Optuna storage URL")
+    p.add_argument("--trials", type=int, help="finished trials to reach (default: the study's own)")
+    p.add_argument("--runs-dir", help="where this worker writes its runs (default: the study's)")
+    p.add_argument("--tracking", help="MLflow tracking URI (default: the study's)")
+    p.add_argument("--device", help="device of this worker (default: the study's)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("export", help="write the best graphs of a study (json, dot or png)")
+    p.add_argument("--study", required=True)
+    p.add_argument("--storage", help="Optuna storage URL (default: the study's SQLite file under --runs-dir)")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--top", type=int, default=1, help="how many graphs (default: 1)")
+    p.add_argument("--format", default="json", choices=["json", "dot", "png"])
+    p.add_argument("--out", help="folder (default: <runs-dir>/<study>/export)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("ui", help="start the MLflow UI on the project's tracking store, bound to 127.0.0.1")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--tracking", help="tracking URI (default: sqlite:///<runs-dir>/mlflow.db)")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
     return parser
+
+
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not record.name.startswith(("pgmpy", "mlflow", "alembic"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -70,13 +70,12 @@ def apply_preset(cfg: TrainConfig, name: str) -> TrainConfig:
     return dataclasses.replace(cfg, **PRESETS[name])
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, run_fields: bool = True) -> None:
-    """Flags for every RunConfig (optional) and TrainConfig field; defaults are None (= keep)."""
-    groups = [("training", TrainConfig)] + ([("run", RunConfig)] if run_fields else [])
-    for title, cls in groups:
+def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """Flags for every RunConfig and TrainConfig field but ``skip``; defaults are None (= keep)."""
+    for title, cls in (("training", TrainConfig), ("run", RunConfig)):
         group = parser.add_argument_group(title)
         for f in dataclasses.fields(cls):
-            if f.name == "train":
+            if f.name == "train" or f.name in skip:
                 continue
             flags = [f"--{f.name.replace('_', '-')}"] + _ALIASES.get(f.name, [])
             kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)

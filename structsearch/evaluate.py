@@ -26,7 +26,9 @@ from gan.train import evaluating
 from structsearch.graph import Graph
 from structsearch.scoring import bic, delta_bic, make_table
 
-# Direction of every score an objective may name (bic_gen is deliberately absent).
+# Computed for every run (cat_acc where the data has labels and the spec a categorical code).
+BASE_SCORES = frozenset({"struct_bic", "agreement", "info", "info_min", "cat_acc", "bic_gen"})
+# Direction of every base score an objective may name (bic_gen is deliberately absent).
 DIRECTIONS: dict[str, str] = {
     "struct_bic": "maximize",
     "agreement": "minimize",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from gan.latents import get_spec
 from gan.train import Trainer, TrainResult, resolve_device
 from gan.traversal import save_traversals
+from structsearch import objectives
 from structsearch.config import RunConfig
 from structsearch.drawing import draw_graph
 from structsearch.evaluate import compute_scores
@@ -80,7 +81,8 @@ def run_trial(
     extra_params: dict[str, object] | None = None,
     tags: dict[str, str] | None = None,
     resume: bool = False,
-    on_log: Callable[[int, dict[str, float]], bool | None] | None = None,
+    extra_scores: Sequence[str] = (),
+    on_log: Callable[[int, dict[str, float], Trainer], bool | None] | None = None,
     progress: bool = True,
 ) -> TrialResult:
     """Train ``graph`` on ``dataset``, score it, track it; never raises for a diverged run."""
@@ -105,7 +107,7 @@ def run_trial(
         tracker.log_metrics(run_id, losses, step)
         bar.update(step - bar.n)
         bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in losses.items()})
-        return on_log(step, losses) if on_log else None
+        return on_log(step, losses, trainer) if on_log else None
 
     try:
         result: TrainResult = trainer.run(callback=log, checkpoint=lambda t: t.save(checkpoint))
@@ -114,6 +116,8 @@ def run_trial(
     scores: dict[str, float] = {}
     if result.status != "diverged":
         scores = compute_scores(trainer.G, trainer.D, graph.spec, graph, dataset, cfg.n_eval, seed=cfg.train.seed)
+        if extra_scores:
+            scores |= objectives.extra_scores(trainer.G, trainer.D, graph, dataset, extra_scores, cfg.n_eval, cfg.train.seed)
         tracker.log_metrics(run_id, {f"score/{k}": v for k, v in scores.items()}, result.step)
         for path in save_traversals(trainer.G, graph.spec, run_dir / "traversals", seed=cfg.train.seed):
             tracker.log_artifact(run_id, path, "traversals")

@@ -1,0 +1,376 @@
+"""The search over graphs: one Optuna trial = one graph = one call of ``run_trial``.
+
+DESIGN.md section 5. A study lives in an Optuna storage (SQLite under ``runs/<study>/`` by
+default; a PostgreSQL URL lets workers on many machines join). Its search config is stored in
+the study itself, so ``structsearch worker --study NAME --storage URL`` needs nothing else.
+
+* Seeds: on a new study, the ``independent`` graph and every ``--seed-graph`` are enqueued first.
+* Duplicates: a graph already completed in the study (same canonical key) is not trained again;
+  the trial returns the stored values and records ``duplicate_of``. Two workers that draw the
+  same new graph at the same moment both train it (the one documented race).
+* Kills: trials send heartbeats; a trial whose process died is failed after ``grace_period``
+  seconds by the next worker and re-enqueued with the same graph (``RetryFailedTrialCallback``),
+  and the retry resumes the dead trial's checkpoint, under the dead trial's seed.
+* Infeasible: with ``--min-info X``, a trial whose worst code is recovered with info below X
+  violates a constraint (Optuna's ``constraints_func``), so a collapsed model never wins.
+* A diverged trial is pruned with its reason, never a crash of the study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryFailedTrialCallback, fail_stale_trials
+from optuna.trial import FrozenTrial, TrialState
+
+from search_spaces import Constraints, SearchSpace, make_space
+from structsearch.config import RunConfig
+from structsearch.evaluate import BASE_SCORES, compute_scores
+from structsearch.graph import Graph, load_graph
+from structsearch.objectives import check_objectives, direction  # noqa: F401 (re-exported for the CLI)
+from structsearch.tracking import Tracker, make_tracker
+from structsearch.trial import graph_params, load_dataset, resolve_graph, run_trial
+
+logger = logging.getLogger(__name__)
+# Heartbeats and trial retries are "experimental" in Optuna since v2.9; they are what resume relies on.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+CONFIG_ATTR = "structsearch_config"
+PARENT_ATTR = "mlflow_parent_run_id"
+
+
+@dataclass
+class SearchConfig:
+    """A whole search: what to train (``run``), which graphs, which objectives, which sampler."""
+
+    study: str
+    n_trials: int = 50
+    storage: str | None = None  # default sqlite:///<runs_dir>/<study>/study.db
+    runs_dir: str = "runs"
+    tracking: str | None = None  # MLflow URI, 'none', or None for the default store
+    space: str = "ordered"
+    cross_edges: bool = False
+    max_parents: int | None = None
+    forbidden: tuple[str, ...] = ()
+    order: tuple[str, ...] = ()  # fixed-order space
+    candidates: str | None = None  # candidates space: file of graphs
+    objectives: tuple[str, ...] = ("struct_bic",)
+    min_info: float | None = None
+    sampler: str = "tpe"
+    pruner: str = "median"
+    seed: int = 0
+    seed_graphs: tuple[str, ...] = ()
+    heartbeat_interval: int = 10
+    grace_period: int = 60
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def storage_url(self) -> str:
+        if self.storage:
+            return self.storage
+        folder = Path(self.runs_dir) / self.study
+        folder.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(folder / 'study.db').resolve()}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> SearchConfig:
+        data = json.loads(text)
+        run = RunConfig.from_dict(data.pop("run"))
+        tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
+        return cls(**(data | tuples), run=run)
+
+
+def make_search_space(cfg: SearchConfig, spec) -> SearchSpace:
+    forbidden = tuple(tuple(e.split("->")) for e in cfg.forbidden)
+    constraints = Constraints(forbidden=forbidden, max_parents=cfg.max_parents, cross_edges=cfg.cross_edges)
+    options: dict[str, Any] = {}
+    if cfg.space == "fixed-order":
+        options["order"] = cfg.order
+    if cfg.space == "candidates":
+        options["path"] = cfg.candidates
+    return make_space(cfg.space, spec, constraints, **options)
+
+
+def make_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
+    constraints = _constraint_values if cfg.min_info is not None else None
+    if cfg.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=cfg.seed, constraints_func=constraints, multivariate=True, warn_independent_sampling=False)
+    if cfg.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=cfg.seed, constraints_func=constraints, warn_independent_sampling=False)
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.seed)
+    if cfg.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=cfg.seed, constraints_func=constraints)
+    raise ValueError(f"unknown sampler {cfg.sampler!r}; expected tpe, gp, random or nsga2")
+
+
+def make_pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
+    if cfg.pruner == "none" or len(cfg.objectives) > 1:  # Optuna prunes single-objective studies only
+        return optuna.pruners.NopPruner()
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, cfg.run.train.n_steps // 3))
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, cfg.run.train.n_steps // 10), max_resource=max(1, cfg.run.train.n_steps))
+    raise ValueError(f"unknown pruner {cfg.pruner!r}; expected none, median or hyperband")
+
+
+def _constraint_values(trial: FrozenTrial) -> list[float]:
+    return list(trial.user_attrs.get("constraint", [0.0]))
+
+
+def open_study(cfg: SearchConfig) -> optuna.Study:
+    """Create or load the study; a new one gets the config stored and its seeds enqueued."""
+    storage = RDBStorage(
+        cfg.storage_url(),
+        heartbeat_interval=cfg.heartbeat_interval,
+        grace_period=cfg.grace_period,
+        failed_trial_callback=RetryFailedTrialCallback(max_retry=2),
+    )
+    study = optuna.create_study(
+        storage=storage,
+        study_name=cfg.study,
+        directions=[direction(o) for o in cfg.objectives],
+        sampler=make_sampler(cfg),
+        pruner=make_pruner(cfg),
+        load_if_exists=True,
+    )
+    if CONFIG_ATTR not in study.user_attrs:
+        study.set_user_attr(CONFIG_ATTR, cfg.to_json())
+    return study
+
+
+def config_of(study_name: str, storage: str) -> SearchConfig:
+    """The search config stored in an existing study (what ``worker`` joins with)."""
+    try:
+        summary = optuna.study.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise ValueError(f"no study {study_name!r} in {storage}; start it with `structsearch optimize`") from None
+    if CONFIG_ATTR not in summary.user_attrs:
+        raise ValueError(f"study {study_name!r} in {storage} was not made by structsearch (no stored config)")
+    cfg = SearchConfig.from_json(summary.user_attrs[CONFIG_ATTR])
+    return dataclasses.replace(cfg, storage=storage)
+
+
+def enqueue_seeds(study: optuna.Study, space: SearchSpace, graphs: list[Graph]) -> None:
+    if study.trials:  # seeds are for a new study only; a resumed one already has them
+        return
+    for graph in graphs:
+        params = space.params_for(graph)
+        if params is None:
+            logger.warning("seed graph %s cannot be expressed in the %s space; skipped", graph.key, space.name)
+            continue
+        study.enqueue_trial(params, user_attrs={"seed_graph": graph.key}, skip_if_exists=True)
+
+
+def finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+class Objective:
+    """The trial function: graph from the space, stored result or a fresh run, values out."""
+
+    def __init__(self, cfg: SearchConfig, study: optuna.Study, dataset, space: SearchSpace, tracker: Tracker, parent_run_id: str | None) -> None:
+        self.cfg, self.study, self.dataset, self.space = cfg, study, dataset, space
+        self.tracker, self.parent_run_id = tracker, parent_run_id
+        self.possible_edges = space.possible_edges()
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, ...] | float:
+        graph = self.space.suggest(trial)
+        trial.set_user_attr("graph_key", graph.key)
+        trial.set_user_attr("graph_json", graph.to_json(indent=None))
+        done = self._completed_with(graph.key)
+        if done is not None:
+            trial.set_user_attr("duplicate_of", done.number)
+            for k in ("scores", "constraint", "mlflow_run_id", "run_dir"):
+                if k in done.user_attrs:
+                    trial.set_user_attr(k, done.user_attrs[k])
+            logger.info("trial %d: graph %s already trained in trial %d; reusing its values", trial.number, graph.key, done.number)
+            return self._values(done.values)
+
+        number = self._original_number(trial)  # a retry reuses the dead trial's seed and folder
+        run = dataclasses.replace(self.cfg.run, train=dataclasses.replace(self.cfg.run.train, seed=self.cfg.seed * 10_000 + number))
+        run_dir = Path(self.cfg.runs_dir) / self.cfg.study / f"trial-{number:04d}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        result = run_trial(
+            run, graph, self.dataset, run_dir, self.tracker,
+            name=f"trial-{trial.number:04d}",
+            parent_run_id=self.parent_run_id,
+            extra_params=graph_params(graph, self.possible_edges) | {f"trial.{k}": v for k, v in trial.params.items()} | {"trial": trial.number},
+            tags={"study": self.cfg.study},
+            resume=(run_dir / "checkpoint.pt").exists(),
+            extra_scores=self.cfg.objectives,
+            on_log=self._pruning_callback(trial, graph),
+        )
+        trial.set_user_attr("mlflow_run_id", result.run_id)
+        trial.set_user_attr("status", result.status)
+        trial.set_user_attr("scores", result.scores)
+        if result.status == "diverged":
+            trial.set_user_attr("reason", result.message)
+            raise optuna.TrialPruned(result.message)
+        if result.status == "stopped":
+            raise optuna.TrialPruned(f"pruned at step {result.step}")
+        if self.cfg.min_info is not None:
+            trial.set_user_attr("constraint", [self.cfg.min_info - result.scores["info_min"]])
+        values = tuple(result.scores[o] for o in self.cfg.objectives)
+        self.tracker.log_metrics(result.run_id, {f"objective/{o}": v for o, v in zip(self.cfg.objectives, values)})
+        return self._values(values)
+
+    def _values(self, values) -> tuple[float, ...] | float:
+        values = tuple(float(v) for v in values)
+        return values[0] if len(values) == 1 else values
+
+    def _original_number(self, trial: optuna.Trial) -> int:
+        frozen = next(t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number == trial.number)
+        first = RetryFailedTrialCallback.retry_history(frozen)
+        return first[0] if first else trial.number
+
+    def _completed_with(self, key: str) -> FrozenTrial | None:
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.user_attrs.get("graph_key") == key:
+                return t
+        return None
+
+    def _pruning_callback(self, trial: optuna.Trial, graph: Graph):
+        """Every checkpoint interval, report the single objective on 500 samples and ask the pruner."""
+        objective = self.cfg.objectives[0]
+        if len(self.cfg.objectives) > 1 or self.cfg.pruner == "none" or objective not in BASE_SCORES:
+            return None
+        every = self.cfg.run.train.checkpoint_every or self.cfg.run.train.n_steps
+
+        def on_log(step: int, losses: dict[str, float], trainer) -> bool:
+            if step % every or step >= self.cfg.run.train.n_steps:
+                return False
+            scores = compute_scores(trainer.G, trainer.D, graph.spec, graph, self.dataset, n_eval=500)
+            trial.report(scores[objective], step)
+            return trial.should_prune()
+
+        return on_log
+
+
+def prepare(cfg: SearchConfig):
+    """Dataset, space, study (created or loaded, seeds enqueued), tracker and the parent run."""
+    dataset = load_dataset(cfg.run)
+    independent = resolve_graph(dataclasses.replace(cfg.run, graph="independent"), dataset)
+    spec = independent.spec
+    check_objectives(cfg.objectives, dataset, spec)
+    space = make_search_space(cfg, spec)
+    study = open_study(cfg)
+    enqueue_seeds(study, space, [independent] + [load_graph(g, spec) for g in cfg.seed_graphs])
+    tracker = make_tracker(cfg.tracking, f"study-{cfg.study}", Path(cfg.runs_dir))
+    return study, dataset, space, tracker, _parent_run(study, tracker, cfg, space)
+
+
+def optimize(cfg: SearchConfig) -> optuna.Study:
+    """Run trials in this process until the study holds ``n_trials`` finished ones."""
+    study, dataset, space, tracker, parent = prepare(cfg)
+    objective = Objective(cfg, study, dataset, space, tracker, parent)
+    while True:
+        fail_stale_trials(study)  # a dead worker's trial is failed here and re-enqueued (same graph)
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        if finished(study) + running >= cfg.n_trials:
+            break
+        study.optimize(objective, n_trials=1, catch=())
+        _log_progress(study, cfg)
+    mark_best(study, tracker, cfg)
+    return study
+
+
+def run_search(cfg: SearchConfig, workers: int = 1, gpus: list[str] | None = None) -> optuna.Study:
+    """``optimize`` here, or in ``workers`` processes sharing the study (worker i on GPU i mod len)."""
+    gpus = gpus or []
+    n = max(workers, len(gpus), 1)
+    if n == 1 and not gpus:
+        return optimize(cfg)
+    study, _, _, tracker, _ = prepare(cfg)  # create the study, seeds and parent run once, before the workers
+    procs = []
+    for i in range(n):
+        cmd = [sys.executable, "-m", "structsearch", "worker", "--study", cfg.study, "--storage", cfg.storage_url(),
+               "--trials", str(cfg.n_trials), "--runs-dir", cfg.runs_dir]
+        cmd += ["--tracking", cfg.tracking] if cfg.tracking else []
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+            cmd += ["--device", "cuda"]
+        procs.append(subprocess.Popen(cmd, env=env))
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise RuntimeError(f"worker exit codes {codes}; see their output above")
+    mark_best(study, tracker, cfg)
+    return study
+
+
+def load_existing(study_name: str, storage: str) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise ValueError(f"no study {study_name!r} in {storage}") from None
+
+
+def _parent_run(study: optuna.Study, tracker: Tracker, cfg: SearchConfig, space: SearchSpace) -> str | None:
+    """The study's MLflow parent run, created once and shared by every worker through the study."""
+    run_id = study.user_attrs.get(PARENT_ATTR)
+    if run_id:
+        return run_id
+    params = {
+        "dataset": cfg.run.dataset, "space": space.describe(), "sampler": cfg.sampler, "pruner": cfg.pruner,
+        "seed": cfg.seed, "objectives": ",".join(cfg.objectives), "n_trials": cfg.n_trials, "min_info": cfg.min_info,
+        "storage": cfg.storage_url(),
+    } | {f"train.{k}": v for k, v in asdict(cfg.run.train).items() if k != "seed"}
+    run_id = tracker.start_run(f"study-{cfg.study}", params, tags={"study": cfg.study, "structsearch.role": "study"})
+    if run_id:
+        study.set_user_attr(PARENT_ATTR, run_id)
+    return run_id
+
+
+def ranked(study: optuna.Study) -> list[FrozenTrial]:
+    """Completed, non-duplicate trials, feasible first, best first (Pareto rank for several objectives)."""
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "duplicate_of" not in t.user_attrs]
+    signs = [1 if d == optuna.study.StudyDirection.MAXIMIZE else -1 for d in study.directions]
+
+    def key(t: FrozenTrial):
+        feasible = all(v <= 0 for v in t.user_attrs.get("constraint", [0.0]))
+        dominated_by = sum(
+            all(s * a >= s * b for s, a, b in zip(signs, o.values, t.values)) and o.values != t.values for o in trials
+        )
+        return (not feasible, dominated_by, tuple(-s * v for s, v in zip(signs, t.values)))
+
+    return sorted(trials, key=key)
+
+
+def mark_best(study: optuna.Study, tracker: Tracker, cfg: SearchConfig) -> None:
+    best = ranked(study)
+    if not best:
+        return
+    run_id = best[0].user_attrs.get("mlflow_run_id")
+    previous = study.user_attrs.get("best_run_id")
+    if previous and previous != run_id:
+        tracker.set_tags(previous, {"structsearch.best": "0"})
+    if run_id:
+        tracker.set_tags(run_id, {"structsearch.best": "1"})
+        study.set_user_attr("best_run_id", run_id)
+    parent = study.user_attrs.get(PARENT_ATTR)
+    if parent:
+        tracker.set_tags(parent, {"best_graph": best[0].user_attrs.get("graph_key", ""), "best_trial": str(best[0].number)})
+
+
+def _log_progress(study: optuna.Study, cfg: SearchConfig) -> None:
+    best = ranked(study)
+    text = f"{best[0].user_attrs.get('graph_key')} ({_fmt(best[0].values)})" if best else "none yet"
+    logger.info("trials finished %d/%d; best so far: %s", finished(study), cfg.n_trials, text)
+
+
+def _fmt(values) -> str:
+    return ", ".join("nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}" for v in values or [])
