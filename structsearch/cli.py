@@ -175,6 +175,30 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from structsearch.trial import evaluate_run
+
+    run_dir = Path(args.run)
+    if not (run_dir / "config.json").exists():
+        raise UsageError(f"{run_dir} is not a run folder (no config.json); give the folder `structsearch train` wrote")
+    cfg = config_mod.RunConfig.load(run_dir / "config.json")
+    tracker = None
+    if args.tracking != "none" and (run_dir / "run.json").exists():
+        import json
+
+        uri = args.tracking or json.loads((run_dir / "run.json").read_text()).get("tracking_uri")
+        tracker = _tracker(uri, f"train-{cfg.dataset}", Path(args.runs_dir)) if uri else None
+    with _as_usage_errors(ValueError, FileNotFoundError):
+        scores = evaluate_run(run_dir, args.metrics, args.scale, tracker, args.device)
+    print(f"{'score':<32} value")
+    for key in sorted(k for k in scores if not k.startswith("time/")):
+        print(f"{key:<32} {scores[key]: .4f}")
+    print(f"\n{'seconds':<32}")
+    for key in sorted(k for k in scores if k.startswith("time/")):
+        print(f"{key:<32} {scores[key]: .1f}")
+    return 0
+
+
 def _print_top(study, cfg, top: int) -> None:
     from structsearch import search
 
@@ -322,6 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder (default: <runs-dir>/<study>/export)")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("evaluate", help="recompute every metric of a trained run from its checkpoint")
+    p.add_argument("run", help="run folder written by `structsearch train`")
+    p.add_argument("--metrics", default="all", help="comma-separated extra metrics (mig,dci,sap,modularity,factorvae,betavae,shd,fid) or 'all' the dataset allows")
+    p.add_argument("--scale", type=float, default=1.0, help="fraction of disentanglement_lib's sample counts (1.0: comparable)")
+    p.add_argument("--device", help="device (default: the run's)")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--tracking", help="MLflow URI to log to (default: the run's own), or 'none'")
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("ui", help="start the MLflow UI on the project's tracking store, bound to 127.0.0.1")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--tracking", help="tracking URI (default: sqlite:///<runs-dir>/mlflow.db)")
@@ -340,6 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:  # pgmpy's, mlflow's and alembic's INFO lines drown the progress bars
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_quiet_libraries)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

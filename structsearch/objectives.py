@@ -58,6 +58,22 @@ def check_objectives(names: Iterable[str], dataset, spec: LatentSpec) -> None:
             raise ValueError(f"objective fid needs labels or factors to train its feature net; {dataset.name} has neither")
 
 
+def available_metrics(dataset, spec: LatentSpec, text: str) -> list[str]:
+    """The extra metrics named in ``text`` (``all``: every one the dataset allows)."""
+    if text == "all":
+        names = []
+        for name in (*DISENTANGLEMENT, "shd", "fid"):
+            try:
+                check_objectives([name], dataset, spec)
+            except ValueError:
+                continue
+            names.append(name)
+        return names
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    check_objectives(names, dataset, spec)
+    return names
+
+
 def represent_with(D: torch.nn.Module, spec: LatentSpec):
     """images -> Q's codes as a float array (continuous means; categorical codes as their argmax)."""
 

@@ -107,9 +107,9 @@ def make_search_space(cfg: SearchConfig, spec) -> SearchSpace:
 def make_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
     constraints = _constraint_values if cfg.min_info is not None else None
     if cfg.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=cfg.seed, constraints_func=constraints, multivariate=True, warn_independent_sampling=False)
+        return optuna.samplers.TPESampler(seed=cfg.seed, constraints_func=constraints, multivariate=True)
     if cfg.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=cfg.seed, constraints_func=constraints, warn_independent_sampling=False)
+        return optuna.samplers.GPSampler(seed=cfg.seed, constraints_func=constraints)
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=cfg.seed)
     if cfg.sampler == "nsga2":

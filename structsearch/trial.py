@@ -130,6 +130,41 @@ def run_trial(
     return TrialResult(result.status, result.message, result.step, run_dir, run_id, scores, time.time() - started)
 
 
+def load_run(run_dir: Path, device: str | None = None):
+    """(config, graph, dataset, trainer) of a run folder, the trainer at its last checkpoint."""
+    if not (run_dir / "checkpoint.pt").exists():
+        raise FileNotFoundError(f"{run_dir} holds no checkpoint.pt; give a run folder written by `structsearch train`")
+    cfg = RunConfig.load(run_dir / "config.json")
+    if device:
+        cfg.device = device
+    dataset = load_dataset(cfg)
+    graph = Graph.from_json((run_dir / "graph.json").read_text())
+    trainer = Trainer(cfg.train, graph.spec, graph.parents(), dataset.sample, dataset.image_shape, dataset.device)
+    trainer.load(run_dir / "checkpoint.pt")
+    return cfg, graph, dataset, trainer
+
+
+def evaluate_run(run_dir: Path, metrics: str = "all", scale: float = 1.0, tracker: Tracker | None = None, device: str | None = None) -> dict[str, float]:
+    """Recompute a run's scores from its checkpoint: the base scores plus ``metrics`` (comma-separated
+    names, or ``all`` the dataset allows), with seconds per metric; log them to the run's MLflow run."""
+    cfg, graph, dataset, trainer = load_run(run_dir, device)
+    metrics = objectives.available_metrics(dataset, graph.spec, metrics)
+    timings: dict[str, float] = {}
+    started = time.time()
+    scores = compute_scores(trainer.G, trainer.D, graph.spec, graph, dataset, cfg.n_eval, seed=cfg.train.seed)
+    timings["time/base"] = time.time() - started
+    for name in metrics:
+        started = time.time()
+        scores |= objectives.extra_scores(trainer.G, trainer.D, graph, dataset, [name], cfg.n_eval, cfg.train.seed, scale)
+        timings[f"time/{name}"] = time.time() - started
+    record = run_dir / "run.json"
+    run_id = json.loads(record.read_text()).get("run_id") if record.exists() else None
+    if tracker is not None and run_id:
+        tracker.log_metrics(run_id, {f"eval/{k}": v for k, v in scores.items()}, trainer.step)
+    (run_dir / "evaluation.json").write_text(json.dumps({"step": trainer.step, "scale": scale, "scores": scores, "seconds": timings}, indent=2) + "\n")
+    return scores | timings
+
+
 def _start_or_resume(tracker, cfg, graph, run_dir, name, parent_run_id, extra_params, tags, resume) -> str | None:
     record = run_dir / "run.json"
     if resume and record.exists():

@@ -51,6 +51,24 @@ def test_train_on_shapes_tracks_everything_and_resumes(tmp_path, capsys) -> None
     assert state["step"] == 20
     assert json.loads((out / "scores.json").read_text())["step"] == 20
 
+    # `evaluate` recomputes metrics from the checkpoint and logs them to the same MLflow run.
+    assert main(["evaluate", str(out), "--metrics", "mig,shd", "--scale", "0.02", "--runs-dir", str(runs)]) == 0
+    table = capsys.readouterr().out
+    assert "mig" in table and "shd" in table and "time/mig" in table
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["step"] == 20 and 0 <= evaluation["scores"]["shd"] <= 3
+    _, evaluated, _ = _only_run(runs / "mlflow.db")
+    assert {"eval/mig", "eval/shd", "eval/struct_bic"} <= set(evaluated.data.metrics)
+    assert main(["evaluate", str(out), "--metrics", "cat_acc_typo"]) == 2
+
+
+def test_datasets_command_lists_every_dataset(capsys, mnist_dir) -> None:
+    assert main(["datasets", "--data-dir", str(mnist_dir)]) == 0
+    out = capsys.readouterr().out
+    for name in ("mnist", "fashion-mnist", "dsprites", "shapes"):
+        assert name in out
+    assert str(mnist_dir) in out and "60,000" in out
+
 
 def test_train_on_real_mnist(tmp_path, mnist_dir) -> None:
     runs = tmp_path / "runs"

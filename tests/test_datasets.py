@@ -457,3 +457,16 @@ def test_registry_errors_and_listing(tmp_path, monkeypatch, offline):
     (tmp_path / "dsprites").mkdir()
     (tmp_path / "dsprites" / dsprites.FILE_NAME).write_bytes(b"")
     assert list_datasets(tmp_path)[2]["files"] == str(tmp_path / "dsprites" / dsprites.FILE_NAME)
+
+
+def test_mnist_folder_is_not_taken_for_fashion_mnist(mnist_dir, tmp_path, monkeypatch) -> None:
+    """Both sets share file names and sizes; the lookup must not hand MNIST's files to fashion-mnist."""
+    from structsearch.datasets import list_datasets
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("STRUCTSEARCH_DATA", raising=False)
+    rows = {r["name"]: r["files"] for r in list_datasets(mnist_dir)}
+    assert rows["mnist"] == str(mnist_dir)
+    assert rows["fashion-mnist"].startswith("missing")
+    with pytest.raises(DatasetError, match="--data-dir"):
+        get_dataset("fashion-mnist", data_dir=mnist_dir, download=False)

@@ -94,12 +94,24 @@ def _find_in(folder: Path, file: IdxFile) -> Path | None:
 
 
 def find_files(source: IdxSource, data_dir: str | os.PathLike | None = None) -> list[Path] | None:
-    """The four files from the first folder that has all of them (no reading), or None."""
+    """The four files from the first folder that has all of them, or None.
+
+    MNIST and Fashion-MNIST share file names and sizes, so a folder whose smallest file (the
+    10 kB test labels) is known to be the OTHER dataset's is skipped; nothing else is read here.
+    """
     for folder in search_dirs(source.name, data_dir):
         found = [_find_in(folder, f) for f in source.files]
-        if all(found):
+        if all(found) and not _belongs_elsewhere(found[-1], source):  # type: ignore[arg-type]
             return found  # type: ignore[return-value]
     return None
+
+
+def _belongs_elsewhere(labels: Path, source: IdxSource) -> bool:
+    try:
+        digest = hashlib.sha256(read_bytes(labels)).hexdigest()
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile):
+        return False  # unreadable: let loading report it
+    return any(f.sha256 == digest for other in SOURCES.values() if other is not source for f in other.files)
 
 
 # Verification -----------------------------------------------------------------------------------
