@@ -29,7 +29,14 @@ def time_steps(cfg: TrainConfig, parents, device: torch.device, n_steps: int, wa
     """Seconds per training step (median of n_steps, after warmup)."""
     spec = get_spec("mnist")
     data = torch.rand(4096, 1, 28, 28, device=device) * 2 - 1
-    trainer = Trainer(cfg, spec, parents, lambda b, g: data[torch.randint(len(data), (b,), generator=g, device=device)], (1, 28, 28), device)
+    trainer = Trainer(
+        cfg,
+        spec,
+        parents,
+        lambda b, g: data[torch.randint(len(data), (b,), generator=g, device=device)],
+        (1, 28, 28),
+        device,
+    )
     times = []
     for i in range(warmup + n_steps):
         if device.type == "cuda":
@@ -59,13 +66,30 @@ def main() -> None:
             base = TrainConfig(batch_size=batch, precision=precision, width=1.0)
             plain = time_steps(dataclasses.replace(base, lambda_struct=0.0), {}, device, args.steps)
             struct = time_steps(base, collider, device, args.steps)
-            row = dict(batch=batch, precision=precision, s_per_step_plain=plain, s_per_step_struct=struct,
-                       images_per_s_plain=batch / plain, images_per_s_struct=batch / struct, overhead=struct / plain - 1)
+            row = dict(
+                batch=batch,
+                precision=precision,
+                s_per_step_plain=plain,
+                s_per_step_struct=struct,
+                images_per_s_plain=batch / plain,
+                images_per_s_struct=batch / struct,
+                overhead=struct / plain - 1,
+            )
             rows.append(row)
-            print(f"batch {batch:>3} {precision}: plain {batch / plain:7.1f} img/s ({1 / plain:5.2f} steps/s), "
-                  f"with R_G {batch / struct:7.1f} img/s, overhead {100 * row['overhead']:+.1f}%", flush=True)
-    info = dict(device=str(device), threads=args.threads, torch=torch.__version__, machine=platform.machine(),
-                processor=platform.processor(), steps=args.steps, rows=rows)
+            print(
+                f"batch {batch:>3} {precision}: plain {batch / plain:7.1f} img/s ({1 / plain:5.2f} steps/s), "
+                f"with R_G {batch / struct:7.1f} img/s, overhead {100 * row['overhead']:+.1f}%",
+                flush=True,
+            )
+    info = dict(
+        device=str(device),
+        threads=args.threads,
+        torch=torch.__version__,
+        machine=platform.machine(),
+        processor=platform.processor(),
+        steps=args.steps,
+        rows=rows,
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(info, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -154,7 +154,12 @@ class Trainer:
         loss_g.backward()
         self.opt_g.step()
         self.step += 1
-        return {"loss/d": loss_d.detach(), "loss/g": loss_g.detach(), "loss/info": info.detach(), "loss/struct": struct.detach()}
+        return {
+            "loss/d": loss_d.detach(),
+            "loss/g": loss_g.detach(),
+            "loss/info": info.detach(),
+            "loss/struct": struct.detach(),
+        }
 
     # ---- the loop ------------------------------------------------------------------------------
 

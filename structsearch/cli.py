@@ -68,7 +68,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = Path(args.out) if args.out else None
     if args.resume:
         if run_dir is None or not (run_dir / "config.json").exists():
-            raise UsageError(f"--resume needs --out pointing at an existing run folder (with config.json), got {args.out!r}")
+            raise UsageError(
+                f"--resume needs --out pointing at an existing run folder (with config.json), got {args.out!r}"
+            )
         cfg = config_mod.config_from_args(args, config_mod.RunConfig.load(run_dir / "config.json"))
     else:
         cfg = config_mod.config_from_args(args)
@@ -101,12 +103,26 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     _check(run)
     study = args.study or f"{run.dataset}-{args.space}"
     cfg = search.SearchConfig(
-        study=study, n_trials=args.trials, storage=args.storage, runs_dir=args.runs_dir, tracking=args.tracking,
-        space=args.space, cross_edges=args.cross_edges, max_parents=args.max_parents, forbidden=tuple(args.forbid),
-        order=tuple(args.order.replace(" ", "").split(",")) if args.order else (), candidates=args.candidates,
-        objectives=tuple(args.objective or ("struct_bic",)), min_info=args.min_info, sampler=args.sampler,
-        pruner=args.pruner, seed=args.seed, seed_graphs=tuple(args.seed_graph),
-        heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period, run=run,
+        study=study,
+        n_trials=args.trials,
+        storage=args.storage,
+        runs_dir=args.runs_dir,
+        tracking=args.tracking,
+        space=args.space,
+        cross_edges=args.cross_edges,
+        max_parents=args.max_parents,
+        forbidden=tuple(args.forbid),
+        order=tuple(args.order.replace(" ", "").split(",")) if args.order else (),
+        candidates=args.candidates,
+        objectives=tuple(args.objective or ("struct_bic",)),
+        min_info=args.min_info,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        seed=args.seed,
+        seed_graphs=tuple(args.seed_graph),
+        heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period,
+        run=run,
     )
     _device(run.device)
     with _as_usage_errors(ValueError):
@@ -171,7 +187,18 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     uri = args.tracking or default_uri(Path(args.runs_dir))
     print(f"MLflow UI on http://127.0.0.1:{args.port}  (store {uri}); Ctrl-C stops it")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+    ]
     return subprocess.call(cmd)
 
 
@@ -209,8 +236,16 @@ def _print_top(study, cfg, top: int) -> None:
     for rank, t in enumerate(best, 1):
         scores = t.user_attrs.get("scores", {})
         infeasible = "" if all(v <= 0 for v in t.user_attrs.get("constraint", [0])) else " (infeasible)"
-        rows.append([str(rank), str(t.number), *(f"{v:.4g}" for v in t.values), f"{scores.get('info_min', float('nan')):.3f}",
-                     (t.user_attrs.get("mlflow_run_id") or "-")[:12], t.user_attrs.get("graph_key", "") + infeasible])
+        rows.append(
+            [
+                str(rank),
+                str(t.number),
+                *(f"{v:.4g}" for v in t.values),
+                f"{scores.get('info_min', float('nan')):.3f}",
+                (t.user_attrs.get("mlflow_run_id") or "-")[:12],
+                t.user_attrs.get("graph_key", "") + infeasible,
+            ]
+        )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -293,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("train", help="train one graph: InfoGAN + the structural regularizer, scores, MLflow")
-    p.add_argument("--preset", choices=list(config_mod.PRESETS), help="training preset (paper, quick, tiny); flags override it")
+    p.add_argument(
+        "--preset", choices=list(config_mod.PRESETS), help="training preset (paper, quick, tiny); flags override it"
+    )
     p.add_argument("--out", help="run folder (default: runs/<dataset>-<graph>-seed<S>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--runs-dir", default="runs", help="where runs and the default MLflow store live (default: runs)")
@@ -304,20 +341,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("optimize", help="search graphs with Optuna: one trial = one graph trained and scored")
     p.add_argument("--trials", type=int, default=50, help="finished trials the study should hold (default: 50)")
     p.add_argument("--study", help="study name (default: <dataset>-<space>); rerunning resumes it")
-    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<runs-dir>/<study>/study.db; postgresql://... for many machines)")
+    p.add_argument(
+        "--storage",
+        help="Optuna storage URL (default: sqlite:///<runs-dir>/<study>/study.db; postgresql://... for many machines)",
+    )
     p.add_argument("--preset", choices=list(config_mod.PRESETS), help="training preset of every trial")
-    p.add_argument("--space", default="ordered", choices=["ordered", "fixed-order", "candidates", "brute-force"], help="search space (default: ordered)")
+    p.add_argument(
+        "--space",
+        default="ordered",
+        choices=["ordered", "fixed-order", "candidates", "brute-force"],
+        help="search space (default: ordered)",
+    )
     p.add_argument("--cross-edges", action="store_true", help="also search edges ci->qj, i != j")
     p.add_argument("--max-parents", type=int, help="at most this many q parents per q node")
-    p.add_argument("--forbid", action="append", default=[], metavar="EDGE", help="an edge never proposed, e.g. q3->q1 (repeatable)")
+    p.add_argument(
+        "--forbid", action="append", default=[], metavar="EDGE", help="an edge never proposed, e.g. q3->q1 (repeatable)"
+    )
     p.add_argument("--order", help="fixed-order space: topological order of the q nodes, e.g. q1,q2,q3")
     p.add_argument("--candidates", help="candidates space: file with one graph per line (or a JSON list)")
-    p.add_argument("--objective", action="append", help="objective by name (repeat for a multi-objective study; default: struct_bic)")
+    p.add_argument(
+        "--objective",
+        action="append",
+        help="objective by name (repeat for a multi-objective study; default: struct_bic)",
+    )
     p.add_argument("--min-info", type=float, help="trials whose worst code has info below this are infeasible")
-    p.add_argument("--sampler", default="tpe", choices=["tpe", "gp", "random", "nsga2"], help="Optuna sampler (default: tpe)")
-    p.add_argument("--pruner", default="median", choices=["none", "median", "hyperband"], help="pruner (default: median)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and, through the trial number, of every trial")
-    p.add_argument("--seed-graph", action="append", default=[], help="a graph tried first (repeatable); independent always is")
+    p.add_argument(
+        "--sampler", default="tpe", choices=["tpe", "gp", "random", "nsga2"], help="Optuna sampler (default: tpe)"
+    )
+    p.add_argument(
+        "--pruner", default="median", choices=["none", "median", "hyperband"], help="pruner (default: median)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the sampler and, through the trial number, of every trial"
+    )
+    p.add_argument(
+        "--seed-graph", action="append", default=[], help="a graph tried first (repeatable); independent always is"
+    )
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine sharing the study")
     p.add_argument("--gpus", help="comma-separated GPU ids; worker i gets GPU i mod len")
     p.add_argument("--top", type=int, default=5, help="rows of the final table")
@@ -348,8 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="recompute every metric of a trained run from its checkpoint")
     p.add_argument("run", help="run folder written by `structsearch train`")
-    p.add_argument("--metrics", default="all", help="comma-separated extra metrics (mig,dci,sap,modularity,factorvae,betavae,shd,fid) or 'all' the dataset allows")
-    p.add_argument("--scale", type=float, default=1.0, help="fraction of disentanglement_lib's sample counts (1.0: comparable)")
+    p.add_argument(
+        "--metrics",
+        default="all",
+        help="comma-separated extra metrics (mig,dci,sap,modularity,factorvae,betavae,shd,fid) or 'all' the dataset allows",
+    )
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="fraction of disentanglement_lib's sample counts (1.0: comparable)"
+    )
     p.add_argument("--device", help="device (default: the run's)")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--tracking", help="MLflow URI to log to (default: the run's own), or 'none'")

@@ -29,10 +29,16 @@ class RunConfig:
     dataset: str = _doc("dataset name (see `structsearch datasets`)", "shapes")
     graph: str = _doc("graph: a preset, edges like 'c1->q1, q1->q3', or a .json/.txt file", "independent")
     codes: str | None = _doc("latent spec (default: the dataset's), e.g. mnist3 or 'cat10,cont,cont;noise=62'", None)
-    data_dir: str | None = _doc("folder with the dataset's files (else $STRUCTSEARCH_DATA, then ~/.cache/structsearch)", None)
+    data_dir: str | None = _doc(
+        "folder with the dataset's files (else $STRUCTSEARCH_DATA, then ~/.cache/structsearch)", None
+    )
     device: str = _doc("auto, cpu, cuda, cuda:N or mps", "auto")
     n_eval: int = _doc("held-out real / fresh generated samples for the scores", 2000)
-    shapes_graph: str = _doc("true factor graph of the synthetic `shapes` set", "collider", choices=("collider", "chain", "fork", "independent"))
+    shapes_graph: str = _doc(
+        "true factor graph of the synthetic `shapes` set",
+        "collider",
+        choices=("collider", "chain", "fork", "independent"),
+    )
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:

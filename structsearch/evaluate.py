@@ -55,7 +55,9 @@ def code_columns(spec: LatentSpec, flat: torch.Tensor, prefix: str) -> dict[str,
 
 
 @torch.no_grad()
-def generated_codes(G, D, spec: LatentSpec, n: int, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def generated_codes(
+    G, D, spec: LatentSpec, n: int, seed: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fresh (c, q_out) pairs from a seeded draw of the prior."""
     rng = torch.Generator(device).manual_seed(seed)
     z, c = spec.sample(n, rng, device)
@@ -84,7 +86,9 @@ def matched_accuracy(predicted: np.ndarray, labels: np.ndarray, k: int) -> float
     return float(confusion[rows, cols].sum() / len(labels))
 
 
-def compute_scores(G, D, spec: LatentSpec, graph: Graph, dataset, n_eval: int = 2000, seed: int = 0) -> dict[str, float]:
+def compute_scores(
+    G, D, spec: LatentSpec, graph: Graph, dataset, n_eval: int = 2000, seed: int = 0
+) -> dict[str, float]:
     """Every score of section 4 that the dataset allows, as a flat dict."""
     device = next(G.parameters()).device
     scores: dict[str, float] = {}
@@ -104,5 +108,7 @@ def compute_scores(G, D, spec: LatentSpec, graph: Graph, dataset, n_eval: int = 
     if labels is not None and categorical and getattr(dataset, "n_classes", None):
         first = spec.codes.index(categorical[0])
         part = spec.split(q_real)[first]
-        scores["cat_acc"] = matched_accuracy(part.argmax(1).cpu().numpy(), labels.cpu().numpy(), categorical[0].n_classes)
+        scores["cat_acc"] = matched_accuracy(
+            part.argmax(1).cpu().numpy(), labels.cpu().numpy(), categorical[0].n_classes
+        )
     return scores

@@ -37,7 +37,9 @@ HEADLINE = {"dci": "dci_disentanglement"}
 
 def direction(name: str) -> str:
     if name == "bic_gen":
-        raise ValueError("bic_gen is a diagnostic, not an objective: it ranks codes that collapse onto their parents first")
+        raise ValueError(
+            "bic_gen is a diagnostic, not an objective: it ranks codes that collapse onto their parents first"
+        )
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; expected one of {', '.join(OBJECTIVES)}")
     return OBJECTIVES[name]
@@ -48,14 +50,20 @@ def check_objectives(names: Iterable[str], dataset, spec: LatentSpec) -> None:
     has_factors = bool(getattr(dataset, "factor_names", ()))
     for name in names:
         direction(name)
-        if name == "cat_acc" and not (getattr(dataset, "n_classes", None) and any(c.kind == "categorical" for c in spec.codes)):
-            raise ValueError(f"objective cat_acc needs a labelled dataset and a categorical code; {dataset.name} with {spec.describe()} has not both")
+        if name == "cat_acc" and not (
+            getattr(dataset, "n_classes", None) and any(c.kind == "categorical" for c in spec.codes)
+        ):
+            raise ValueError(
+                f"objective cat_acc needs a labelled dataset and a categorical code; {dataset.name} with {spec.describe()} has not both"
+            )
         if name in DISENTANGLEMENT and not has_factors:
             raise ValueError(f"objective {name} needs ground-truth factors (dsprites, shapes); {dataset.name} has none")
         if name == "shd" and not getattr(dataset, "true_edges", None):
             raise ValueError(f"objective shd needs a known factor graph (shapes); {dataset.name} has none")
         if name == "fid" and not (has_factors or getattr(dataset, "n_classes", None)):
-            raise ValueError(f"objective fid needs labels or factors to train its feature net; {dataset.name} has neither")
+            raise ValueError(
+                f"objective fid needs labels or factors to train its feature net; {dataset.name} has neither"
+            )
 
 
 def available_metrics(dataset, spec: LatentSpec, text: str) -> list[str]:
@@ -81,13 +89,18 @@ def represent_with(D: torch.nn.Module, spec: LatentSpec):
         device = next(D.parameters()).device
         with evaluating(D):
             out = D.q(images.to(device).float())
-        parts = [p.argmax(1, keepdim=True).float() if c.kind == "categorical" else p for c, p in zip(spec.codes, spec.split(out))]
+        parts = [
+            p.argmax(1, keepdim=True).float() if c.kind == "categorical" else p
+            for c, p in zip(spec.codes, spec.split(out))
+        ]
         return torch.cat(parts, 1).cpu().numpy()
 
     return represent
 
 
-def extra_scores(G, D, graph: Graph, dataset, names: Iterable[str], n_eval: int = 2000, seed: int = 0, scale: float = 0.2) -> dict[str, float]:
+def extra_scores(
+    G, D, graph: Graph, dataset, names: Iterable[str], n_eval: int = 2000, seed: int = 0, scale: float = 0.2
+) -> dict[str, float]:
     """The requested scores beyond :data:`BASE_SCORES` (see the module docstring)."""
     from structsearch import metrics
 

@@ -123,7 +123,9 @@ def make_pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
     if cfg.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, cfg.run.train.n_steps // 3))
     if cfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, cfg.run.train.n_steps // 10), max_resource=max(1, cfg.run.train.n_steps))
+        return optuna.pruners.HyperbandPruner(
+            min_resource=max(1, cfg.run.train.n_steps // 10), max_resource=max(1, cfg.run.train.n_steps)
+        )
     raise ValueError(f"unknown pruner {cfg.pruner!r}; expected none, median or hyperband")
 
 
@@ -182,7 +184,15 @@ def finished(study: optuna.Study) -> int:
 class Objective:
     """The trial function: graph from the space, stored result or a fresh run, values out."""
 
-    def __init__(self, cfg: SearchConfig, study: optuna.Study, dataset, space: SearchSpace, tracker: Tracker, parent_run_id: str | None) -> None:
+    def __init__(
+        self,
+        cfg: SearchConfig,
+        study: optuna.Study,
+        dataset,
+        space: SearchSpace,
+        tracker: Tracker,
+        parent_run_id: str | None,
+    ) -> None:
         self.cfg, self.study, self.dataset, self.space = cfg, study, dataset, space
         self.tracker, self.parent_run_id = tracker, parent_run_id
         self.possible_edges = space.possible_edges()
@@ -197,18 +207,31 @@ class Objective:
             for k in ("scores", "constraint", "mlflow_run_id", "run_dir"):
                 if k in done.user_attrs:
                     trial.set_user_attr(k, done.user_attrs[k])
-            logger.info("trial %d: graph %s already trained in trial %d; reusing its values", trial.number, graph.key, done.number)
+            logger.info(
+                "trial %d: graph %s already trained in trial %d; reusing its values",
+                trial.number,
+                graph.key,
+                done.number,
+            )
             return self._values(done.values)
 
         number = self._original_number(trial)  # a retry reuses the dead trial's seed and folder
-        run = dataclasses.replace(self.cfg.run, train=dataclasses.replace(self.cfg.run.train, seed=self.cfg.seed * 10_000 + number))
+        run = dataclasses.replace(
+            self.cfg.run, train=dataclasses.replace(self.cfg.run.train, seed=self.cfg.seed * 10_000 + number)
+        )
         run_dir = Path(self.cfg.runs_dir) / self.cfg.study / f"trial-{number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
         result = run_trial(
-            run, graph, self.dataset, run_dir, self.tracker,
+            run,
+            graph,
+            self.dataset,
+            run_dir,
+            self.tracker,
             name=f"trial-{trial.number:04d}",
             parent_run_id=self.parent_run_id,
-            extra_params=graph_params(graph, self.possible_edges) | {f"trial.{k}": v for k, v in trial.params.items()} | {"trial": trial.number},
+            extra_params=graph_params(graph, self.possible_edges)
+            | {f"trial.{k}": v for k, v in trial.params.items()}
+            | {"trial": trial.number},
             tags={"study": self.cfg.study},
             resume=(run_dir / "checkpoint.pt").exists(),
             extra_scores=self.cfg.objectives,
@@ -233,7 +256,9 @@ class Objective:
         return values[0] if len(values) == 1 else values
 
     def _original_number(self, trial: optuna.Trial) -> int:
-        frozen = next(t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number == trial.number)
+        frozen = next(
+            t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number == trial.number
+        )
         first = RetryFailedTrialCallback.retry_history(frozen)
         return first[0] if first else trial.number
 
@@ -297,8 +322,20 @@ def run_search(cfg: SearchConfig, workers: int = 1, gpus: list[str] | None = Non
     study, _, _, tracker, _ = prepare(cfg)  # create the study, seeds and parent run once, before the workers
     procs = []
     for i in range(n):
-        cmd = [sys.executable, "-m", "structsearch", "worker", "--study", cfg.study, "--storage", cfg.storage_url(),
-               "--trials", str(cfg.n_trials), "--runs-dir", cfg.runs_dir]
+        cmd = [
+            sys.executable,
+            "-m",
+            "structsearch",
+            "worker",
+            "--study",
+            cfg.study,
+            "--storage",
+            cfg.storage_url(),
+            "--trials",
+            str(cfg.n_trials),
+            "--runs-dir",
+            cfg.runs_dir,
+        ]
         cmd += ["--tracking", cfg.tracking] if cfg.tracking else []
         env = dict(os.environ)
         if gpus:
@@ -325,8 +362,14 @@ def _parent_run(study: optuna.Study, tracker: Tracker, cfg: SearchConfig, space:
     if run_id:
         return run_id
     params = {
-        "dataset": cfg.run.dataset, "space": space.describe(), "sampler": cfg.sampler, "pruner": cfg.pruner,
-        "seed": cfg.seed, "objectives": ",".join(cfg.objectives), "n_trials": cfg.n_trials, "min_info": cfg.min_info,
+        "dataset": cfg.run.dataset,
+        "space": space.describe(),
+        "sampler": cfg.sampler,
+        "pruner": cfg.pruner,
+        "seed": cfg.seed,
+        "objectives": ",".join(cfg.objectives),
+        "n_trials": cfg.n_trials,
+        "min_info": cfg.min_info,
         "storage": cfg.storage_url(),
     } | {f"train.{k}": v for k, v in asdict(cfg.run.train).items() if k != "seed"}
     run_id = tracker.start_run(f"study-{cfg.study}", params, tags={"study": cfg.study, "structsearch.role": "study"})
@@ -337,7 +380,9 @@ def _parent_run(study: optuna.Study, tracker: Tracker, cfg: SearchConfig, space:
 
 def ranked(study: optuna.Study) -> list[FrozenTrial]:
     """Completed, non-duplicate trials, feasible first, best first (Pareto rank for several objectives)."""
-    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "duplicate_of" not in t.user_attrs]
+    trials = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "duplicate_of" not in t.user_attrs
+    ]
     signs = [1 if d == optuna.study.StudyDirection.MAXIMIZE else -1 for d in study.directions]
 
     def key(t: FrozenTrial):
@@ -363,7 +408,9 @@ def mark_best(study: optuna.Study, tracker: Tracker, cfg: SearchConfig) -> None:
         study.set_user_attr("best_run_id", run_id)
     parent = study.user_attrs.get(PARENT_ATTR)
     if parent:
-        tracker.set_tags(parent, {"best_graph": best[0].user_attrs.get("graph_key", ""), "best_trial": str(best[0].number)})
+        tracker.set_tags(
+            parent, {"best_graph": best[0].user_attrs.get("graph_key", ""), "best_trial": str(best[0].number)}
+        )
 
 
 def _log_progress(study: optuna.Study, cfg: SearchConfig) -> None:
@@ -373,4 +420,6 @@ def _log_progress(study: optuna.Study, cfg: SearchConfig) -> None:
 
 
 def _fmt(values) -> str:
-    return ", ".join("nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}" for v in values or [])
+    return ", ".join(
+        "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}" for v in values or []
+    )

@@ -27,7 +27,13 @@ NONE = "none"
 
 
 class Tracker(Protocol):
-    def start_run(self, name: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> str | None: ...
+    def start_run(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
+    ) -> str | None: ...
     def resume_run(self, run_id: str) -> str | None: ...
     def log_metrics(self, run_id: str | None, metrics: Mapping[str, float], step: int | None = None) -> None: ...
     def log_params(self, run_id: str | None, params: Mapping[str, Any]) -> None: ...
@@ -103,7 +109,9 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+        batch = [
+            Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
+        ]
         if run_id and batch:
             self.client.log_batch(run_id, metrics=batch)
 
@@ -164,7 +172,11 @@ def make_tracker(uri: str | None, experiment: str, runs_dir: Path) -> Tracker:
     if uri is None:
         uri = default_uri(runs_dir)
     if uri.startswith("file:") or ("://" not in uri):
-        raise ValueError(f"tracking URI {uri!r} is MLflow's deprecated file store; use e.g. sqlite:///runs/mlflow.db or 'none'")
+        raise ValueError(
+            f"tracking URI {uri!r} is MLflow's deprecated file store; use e.g. sqlite:///runs/mlflow.db or 'none'"
+        )
     # Artifacts beside a SQLite store; a server or database URL keeps its own artifact root.
-    artifact_root = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" if uri.startswith("sqlite:///") else None
+    artifact_root = (
+        Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" if uri.startswith("sqlite:///") else None
+    )
     return MlflowTracker(uri, experiment, artifact_root)

@@ -101,7 +101,14 @@ def run_trial(
         trainer.load(checkpoint)
         logger.info("resumed %s at step %d", run_dir, trainer.step)
 
-    bar = tqdm(total=cfg.train.n_steps, initial=trainer.step, desc=name or run_dir.name, disable=not progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.train.n_steps,
+        initial=trainer.step,
+        desc=name or run_dir.name,
+        disable=not progress,
+        unit="step",
+        dynamic_ncols=True,
+    )
 
     def log(step: int, losses: dict[str, float]) -> bool | None:
         tracker.log_metrics(run_id, losses, step)
@@ -117,7 +124,9 @@ def run_trial(
     if result.status != "diverged":
         scores = compute_scores(trainer.G, trainer.D, graph.spec, graph, dataset, cfg.n_eval, seed=cfg.train.seed)
         if extra_scores:
-            scores |= objectives.extra_scores(trainer.G, trainer.D, graph, dataset, extra_scores, cfg.n_eval, cfg.train.seed)
+            scores |= objectives.extra_scores(
+                trainer.G, trainer.D, graph, dataset, extra_scores, cfg.n_eval, cfg.train.seed
+            )
         tracker.log_metrics(run_id, {f"score/{k}": v for k, v in scores.items()}, result.step)
         for path in save_traversals(trainer.G, graph.spec, run_dir / "traversals", seed=cfg.train.seed):
             tracker.log_artifact(run_id, path, "traversals")
@@ -126,7 +135,9 @@ def run_trial(
     for artifact in ("config.json", "graph.json", "graph.png", "scores.json", "checkpoint.pt"):
         tracker.log_artifact(run_id, run_dir / artifact)
     tracker.set_tags(run_id, {"status": result.status, "message": result.message})
-    tracker.end_run(run_id, "FAILED" if result.status == "diverged" else "KILLED" if result.status == "stopped" else "FINISHED")
+    tracker.end_run(
+        run_id, "FAILED" if result.status == "diverged" else "KILLED" if result.status == "stopped" else "FINISHED"
+    )
     return TrialResult(result.status, result.message, result.step, run_dir, run_id, scores, time.time() - started)
 
 
@@ -144,7 +155,9 @@ def load_run(run_dir: Path, device: str | None = None):
     return cfg, graph, dataset, trainer
 
 
-def evaluate_run(run_dir: Path, metrics: str = "all", scale: float = 1.0, tracker: Tracker | None = None, device: str | None = None) -> dict[str, float]:
+def evaluate_run(
+    run_dir: Path, metrics: str = "all", scale: float = 1.0, tracker: Tracker | None = None, device: str | None = None
+) -> dict[str, float]:
     """Recompute a run's scores from its checkpoint: the base scores plus ``metrics`` (comma-separated
     names, or ``all`` the dataset allows), with seconds per metric; log them to the run's MLflow run."""
     cfg, graph, dataset, trainer = load_run(run_dir, device)
@@ -155,13 +168,17 @@ def evaluate_run(run_dir: Path, metrics: str = "all", scale: float = 1.0, tracke
     timings["time/base"] = time.time() - started
     for name in metrics:
         started = time.time()
-        scores |= objectives.extra_scores(trainer.G, trainer.D, graph, dataset, [name], cfg.n_eval, cfg.train.seed, scale)
+        scores |= objectives.extra_scores(
+            trainer.G, trainer.D, graph, dataset, [name], cfg.n_eval, cfg.train.seed, scale
+        )
         timings[f"time/{name}"] = time.time() - started
     record = run_dir / "run.json"
     run_id = json.loads(record.read_text()).get("run_id") if record.exists() else None
     if tracker is not None and run_id:
         tracker.log_metrics(run_id, {f"eval/{k}": v for k, v in scores.items()}, trainer.step)
-    (run_dir / "evaluation.json").write_text(json.dumps({"step": trainer.step, "scale": scale, "scores": scores, "seconds": timings}, indent=2) + "\n")
+    (run_dir / "evaluation.json").write_text(
+        json.dumps({"step": trainer.step, "scale": scale, "scores": scores, "seconds": timings}, indent=2) + "\n"
+    )
     return scores | timings
 
 

@@ -27,7 +27,19 @@ def _only_run(db):
 
 def test_train_on_shapes_tracks_everything_and_resumes(tmp_path, capsys) -> None:
     runs, out = tmp_path / "runs", tmp_path / "runs" / "collider"
-    argv = ["train", "--dataset", "shapes", "--graph", "collider", "--preset", "tiny", "--runs-dir", str(runs), "--out", str(out)]
+    argv = [
+        "train",
+        "--dataset",
+        "shapes",
+        "--graph",
+        "collider",
+        "--preset",
+        "tiny",
+        "--runs-dir",
+        str(runs),
+        "--out",
+        str(out),
+    ]
     assert main([*argv, "--steps", "10"]) == 0
     printed = capsys.readouterr().out
     assert "struct_bic" in printed and "mlflow ui --backend-store-uri" in printed

@@ -56,8 +56,28 @@ def test_optimize_tracks_trials_in_mlflow_and_exports_a_trainable_graph(tmp_path
     graph = json.loads(exported.read_text())
     assert graph["edges"][0] == "c1->q1"
     out = tmp_path / "retrain"
-    assert main(["train", "--dataset", "shapes", "--graph", str(exported), "--preset", "tiny", "--steps", "2",
-                 "--n-eval", "100", "--tracking", "none", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "shapes",
+                "--graph",
+                str(exported),
+                "--preset",
+                "tiny",
+                "--steps",
+                "2",
+                "--n-eval",
+                "100",
+                "--tracking",
+                "none",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "scores.json").read_text())["status"] == "completed"
 
 
@@ -88,8 +108,25 @@ def _worker_env():
 
 def test_killed_worker_trial_is_retried_with_the_same_graph(tmp_path) -> None:
     runs = tmp_path / "runs"
-    argv = [sys.executable, "-m", "structsearch", "optimize", *FAST, "--runs-dir", str(runs), "--study", "k",
-            "--trials", "2", "--tracking", "none", "--heartbeat-interval", "1", "--grace-period", "3"]
+    argv = [
+        sys.executable,
+        "-m",
+        "structsearch",
+        "optimize",
+        *FAST,
+        "--runs-dir",
+        str(runs),
+        "--study",
+        "k",
+        "--trials",
+        "2",
+        "--tracking",
+        "none",
+        "--heartbeat-interval",
+        "1",
+        "--grace-period",
+        "3",
+    ]
     long = [*argv, "--steps", "100000"]  # the first trial would never finish on its own
     proc = subprocess.Popen(long, env=_worker_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -20,7 +20,14 @@ def _real(n: int = 256, seed: int = 0) -> torch.Tensor:
 
 def _trainer(cfg: TrainConfig = TINY, parents=COLLIDER) -> Trainer:
     data = _real()
-    return Trainer(cfg, SPEC, parents, lambda b, g: data[torch.randint(len(data), (b,), generator=g)], (1, 32, 32), torch.device("cpu"))
+    return Trainer(
+        cfg,
+        SPEC,
+        parents,
+        lambda b, g: data[torch.randint(len(data), (b,), generator=g)],
+        (1, 32, 32),
+        torch.device("cpu"),
+    )
 
 
 def test_one_step_updates_g_d_and_q_with_finite_losses() -> None:
@@ -28,7 +35,11 @@ def test_one_step_updates_g_d_and_q_with_finite_losses() -> None:
     before = {name: p.detach().clone() for name, p in [*trainer.G.named_parameters(), *trainer.D.named_parameters()]}
     losses = trainer.train_step()
     assert all(torch.isfinite(v) for v in losses.values())
-    changed = {name for name, p in [*trainer.G.named_parameters(), *trainer.D.named_parameters()] if not torch.equal(p, before[name])}
+    changed = {
+        name
+        for name, p in [*trainer.G.named_parameters(), *trainer.D.named_parameters()]
+        if not torch.equal(p, before[name])
+    }
     assert any(n.startswith("fc") or n.startswith("deconv") for n in changed)  # G
     assert any(n.startswith("d_head") for n in changed) and any(n.startswith("q_head") for n in changed)
 
