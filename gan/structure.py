@@ -24,6 +24,21 @@ Forms (strings, so the list may grow):
   topological order (only categorical ones when v is categorical). >= 0, zero exactly when the
   batch obeys the graph's conditional independences; it never rewards determinism.
 * ``both`` -- their sum.
+* ``perfect_map`` -- the graph as a perfect map of the codes' distribution: Markov (the deviance
+  above: every missing edge carries no information) and faithful (every present edge carries
+  information of its own):
+
+      R = deviance - sum over edges u -> v into q nodes of min(CMI(v; u | pa(v) minus u), edge_cap),
+
+  with, for a continuous v, CMI = 1/2 log( sigma^2(v | pa(v) minus u) / sigma^2(v | pa(v)) ), both
+  variances floored at ``floor`` (so CMI <= -1/2 log floor), and for a categorical v the CPT
+  version nll(v | pa(v) minus u) - nll(v | pa(v)). A child that copies one parent gets no credit
+  for its other edges (their CMI is ~0), so the collapse the likelihood rewards is not an optimum
+  here; for the independent graph the edge terms ci -> qi are InfoGAN's information term (the
+  Gaussian mutual information of q_i and c_i). ``edge_cap`` bounds each edge's reward as the floor
+  bounds a node's: past the cap an edge earns nothing more, so no single dependence is pushed
+  towards determinism, and the total reward is at most edge_cap per edge (1 nat by default: a
+  partial correlation of sqrt(1 - e^-2) = 0.93).
 """
 
 from __future__ import annotations
@@ -38,8 +53,9 @@ import torch.nn.functional as F
 
 from gan.latents import LatentSpec
 
-Form = Literal["likelihood", "deviance", "both"]
-FORMS: tuple[str, ...] = ("likelihood", "deviance", "both")
+Form = Literal["likelihood", "deviance", "both", "perfect_map"]
+FORMS: tuple[str, ...] = ("likelihood", "deviance", "both", "perfect_map")
+Edge = tuple[str, str]
 _HALF_LOG_2PI_E = 0.5 * math.log(2 * math.pi) + 0.5
 
 
@@ -111,10 +127,11 @@ class StructuralLoss:
     Args:
         spec: the latent spec (which codes are categorical).
         parents: ``{q node: (parent nodes...)}`` for the q nodes (missing ones have no parents).
-        form: ``likelihood``, ``deviance`` or ``both``.
+        form: ``likelihood``, ``deviance``, ``both`` or ``perfect_map``.
         floor: lower bound of sigma^2 in standardized units (continuous children).
         ridge: ridge of the normal equations, in standardized units.
         alpha: Laplace pseudo-count of the categorical CPTs.
+        edge_cap: the most reward, in nats, one edge earns in ``perfect_map``.
     """
 
     def __init__(
@@ -125,12 +142,16 @@ class StructuralLoss:
         floor: float = 0.05,
         ridge: float = 1e-4,
         alpha: float = 0.1,
+        edge_cap: float = 1.0,
     ) -> None:
         if form not in FORMS:
             raise ValueError(f"unknown structural form {form!r}; expected one of {', '.join(FORMS)}")
         if floor <= 0:
             raise ValueError(f"struct floor must be > 0, got {floor}")
+        if edge_cap <= 0:
+            raise ValueError(f"struct edge cap must be > 0 nats, got {edge_cap}")
         self.spec, self.form, self.floor, self.ridge, self.alpha = spec, form, floor, ridge, alpha
+        self.edge_cap = edge_cap
         q_nodes = [f"q{i + 1}" for i in range(len(spec.codes))]
         pa = {q: tuple(parents.get(q, ())) for q in q_nodes}
         c_nodes = [f"c{i + 1}" for i in range(len(spec.codes))]
@@ -150,9 +171,29 @@ class StructuralLoss:
             nll = self._nll(values, fam.node, fam.parents, fam.categorical)
             if self.form in ("likelihood", "both"):
                 total = total + nll
-            if self.form in ("deviance", "both"):
+            if self.form in ("deviance", "both", "perfect_map"):
                 total = total + nll - self._nll(values, fam.node, fam.full, fam.categorical)
+            if self.form == "perfect_map":
+                for cmi in self._edge_cmi(values, fam, nll).values():
+                    total = total - cmi.clamp_max(self.edge_cap)
         return total
+
+    def edge_information(self, c: torch.Tensor, q_out: torch.Tensor) -> dict[Edge, torch.Tensor]:
+        """CMI(v; u | pa(v) minus u) in nats for every edge u -> v into a q node, uncapped."""
+        values = self.node_values(c.float(), q_out.float())
+        out = {}
+        for fam in self.families:
+            out |= self._edge_cmi(values, fam, self._nll(values, fam.node, fam.parents, fam.categorical))
+        return out
+
+    def _edge_cmi(
+        self, values: Mapping[str, torch.Tensor], fam: _Family, nll: torch.Tensor
+    ) -> dict[Edge, torch.Tensor]:
+        """nll(v | pa minus u) - nll(v | pa) for each parent u, given nll = nll(v | pa)."""
+        return {
+            (u, fam.node): self._nll(values, fam.node, tuple(p for p in fam.parents if p != u), fam.categorical) - nll
+            for u in fam.parents
+        }
 
     def node_values(self, c: torch.Tensor, q_out: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each node as a (B, dim) tensor: one-hot or softmax for categorical codes, standardized values
@@ -184,9 +225,10 @@ def structural_loss(
     q_out: torch.Tensor,
     form: Form = "deviance",
     floor: float = 0.05,
+    edge_cap: float = 1.0,
 ) -> torch.Tensor:
     """One-shot R_G (see :class:`StructuralLoss`, which plans once for repeated calls)."""
-    return StructuralLoss(spec, parents, form, floor)(c, q_out)
+    return StructuralLoss(spec, parents, form, floor, edge_cap=edge_cap)(c, q_out)
 
 
 def _standardize(x: torch.Tensor) -> torch.Tensor:

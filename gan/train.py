@@ -6,9 +6,11 @@ One step, as in InfoGAN (openai/InfoGAN: the Q head and D share the trunk and on
    + lambda_info * L_info + lambda_struct * R_G on the (detached) generated batch;
 2. G: non-saturating adversarial loss + lambda_info * L_info + lambda_struct * R_G.
 
-With lambda_struct = 0 the regularizer is not computed at all (plain InfoGAN). Losses stay on
-the device: the host syncs only every ``log_every`` steps, where a non-finite loss ends the run
-as ``diverged at step N`` (N is the first bad step, tracked on the device without a sync).
+The codes come from ``cfg.code_prior`` (:mod:`gan.prior`): independent, or a linear SCM over the
+graph's q->q edges. With lambda_struct = 0 the regularizer is not computed at all (plain
+InfoGAN). Losses stay on the device: the host syncs only every ``log_every`` steps, where a
+non-finite loss ends the run as ``diverged at step N`` (N is the first bad step, tracked on the
+device without a sync).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from gan.latents import LatentSpec
 from gan.losses import d_loss, g_loss, info_loss
 from gan.models import build_models
+from gan.prior import CodePrior
 from gan.structure import FORMS, StructuralLoss
 
 logger = logging.getLogger(__name__)
@@ -51,6 +54,12 @@ class TrainConfig:
     lambda_struct: float = _doc("weight of the structural regularizer R_G (0: plain InfoGAN)", 1.0)
     struct_form: str = _doc("form of R_G", "deviance", choices=FORMS)
     struct_floor: float = _doc("floor of the fitted variance, standardized units", 0.05)
+    struct_edge_cap: float = _doc("perfect_map: the most reward one edge earns, in nats", 1.0)
+    code_prior: str = _doc(
+        "prior of the codes fed to G: independent (InfoGAN) or a linear SCM over the graph's q->q edges",
+        "independent",
+        choices=("independent", "graph"),
+    )
     gan_loss: str = _doc("adversarial loss", "bce", choices=("bce", "lsgan"))
     width: float = _doc("width multiplier of every hidden layer", 1.0)
     precision: str = _doc("fp32, or bf16 autocast (R_G's solve stays fp32)", "fp32", choices=("fp32", "bf16"))
@@ -90,7 +99,8 @@ class Trainer:
     Args:
         cfg: the training config.
         spec: the latent spec.
-        parents: the graph as ``{q node: (parents...)}`` (ignored when lambda_struct = 0).
+        parents: the graph as ``{q node: (parents...)}``: R_G's graph (unless lambda_struct = 0) and,
+            with ``code_prior = "graph"``, the SCM the codes are drawn from.
         sample_real: draws (B, C, H, W) real images on ``device`` with the given generator.
         image_shape: (C, H, W).
         device: where models, data and random streams live.
@@ -106,19 +116,30 @@ class Trainer:
         device: torch.device,
     ) -> None:
         self.cfg, self.spec, self.sample_real, self.device = cfg, spec, sample_real, device
+        if cfg.code_prior not in ("independent", "graph"):
+            raise ValueError(f"unknown code prior {cfg.code_prior!r}; expected independent or graph")
         torch.manual_seed(cfg.seed)  # weight init
         self.G, self.D = (m.to(device) for m in build_models(spec, image_shape, cfg.width))
+        self.prior = CodePrior(spec, parents if cfg.code_prior == "graph" else None)
         fused = {"fused": True} if device.type == "cuda" else {}
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.999), **fused)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.999), **fused)
         self.data_rng = torch.Generator(device).manual_seed(cfg.seed)
         self.latent_rng = torch.Generator(device).manual_seed(cfg.seed + 1)
         self.struct = (
-            StructuralLoss(spec, parents, cfg.struct_form, cfg.struct_floor) if cfg.lambda_struct > 0 else None
+            StructuralLoss(spec, parents, cfg.struct_form, cfg.struct_floor, edge_cap=cfg.struct_edge_cap)
+            if cfg.lambda_struct > 0
+            else None
         )
         self.step = 0
 
     # ---- one step ------------------------------------------------------------------------------
+
+    def sample_latents(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, c) on the device from the run's code prior (the latent stream unless ``generator``)."""
+        return self.prior.sample(batch_size, generator or self.latent_rng, self.device)
 
     def _autocast(self):
         enabled = self.cfg.precision == "bf16"
@@ -135,7 +156,7 @@ class Trainer:
         """One D/Q update and one G update; returns the detached losses (no host sync)."""
         cfg = self.cfg
         real = self.sample_real(cfg.batch_size, self.data_rng)
-        z, c = self.spec.sample(cfg.batch_size, self.latent_rng, self.device)
+        z, c = self.sample_latents(cfg.batch_size)
         with self._autocast():
             fake = self.G(z, c)
             real_logit, _ = self.D(real)

@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -25,6 +27,8 @@ from gan.structure import StructuralLoss
 from gan.train import evaluating
 from structsearch.graph import Graph
 from structsearch.scoring import bic, delta_bic, make_table
+
+SampleLatents = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 # Computed for every run (cat_acc where the data has labels and the spec a categorical code).
 BASE_SCORES = frozenset({"struct_bic", "agreement", "info", "info_min", "cat_acc", "bic_gen"})
@@ -56,11 +60,12 @@ def code_columns(spec: LatentSpec, flat: torch.Tensor, prefix: str) -> dict[str,
 
 @torch.no_grad()
 def generated_codes(
-    G, D, spec: LatentSpec, n: int, seed: int, device: torch.device
+    G, D, spec: LatentSpec, n: int, seed: int, device: torch.device, sample: SampleLatents | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fresh (c, q_out) pairs from a seeded draw of the prior."""
+    """Fresh (c, q_out) pairs from a seeded draw of ``sample(n, generator) -> (z, c)``, the prior G was
+    trained with (``Trainer.sample_latents``); the spec's independent prior when None."""
     rng = torch.Generator(device).manual_seed(seed)
-    z, c = spec.sample(n, rng, device)
+    z, c = sample(n, rng) if sample else spec.sample(n, rng, device)
     with evaluating(G):
         images = torch.cat([G(z[i : i + 500], c[i : i + 500]) for i in range(0, n, 500)])
     return c, q_codes(D, images)
@@ -87,9 +92,16 @@ def matched_accuracy(predicted: np.ndarray, labels: np.ndarray, k: int) -> float
 
 
 def compute_scores(
-    G, D, spec: LatentSpec, graph: Graph, dataset, n_eval: int = 2000, seed: int = 0
+    G,
+    D,
+    spec: LatentSpec,
+    graph: Graph,
+    dataset,
+    n_eval: int = 2000,
+    seed: int = 0,
+    sample: SampleLatents | None = None,
 ) -> dict[str, float]:
-    """Every score of section 4 that the dataset allows, as a flat dict."""
+    """Every score of section 4 that the dataset allows, as a flat dict (``sample``: the run's code prior)."""
     device = next(G.parameters()).device
     scores: dict[str, float] = {}
 
@@ -97,7 +109,7 @@ def compute_scores(
     q_real = q_codes(D, real.to(device))
     scores["struct_bic"] = delta_bic(graph, make_table(code_columns(spec, q_real, "q"), spec))
 
-    c, q_gen = generated_codes(G, D, spec, n_eval, seed, device)
+    c, q_gen = generated_codes(G, D, spec, n_eval, seed, device, sample)
     agreement = StructuralLoss(spec, graph.parents(), form="deviance", floor=1e-6)(c, q_gen)
     scores["agreement"] = float(agreement)
     scores |= info_scores(spec, c, q_gen)

@@ -23,7 +23,7 @@ import torch
 
 from gan.latents import LatentSpec
 from gan.train import evaluating
-from structsearch.evaluate import BASE_SCORES, DIRECTIONS
+from structsearch.evaluate import BASE_SCORES, DIRECTIONS, SampleLatents
 from structsearch.graph import Graph
 
 logger = logging.getLogger(__name__)
@@ -99,9 +99,18 @@ def represent_with(D: torch.nn.Module, spec: LatentSpec):
 
 
 def extra_scores(
-    G, D, graph: Graph, dataset, names: Iterable[str], n_eval: int = 2000, seed: int = 0, scale: float = 0.2
+    G,
+    D,
+    graph: Graph,
+    dataset,
+    names: Iterable[str],
+    n_eval: int = 2000,
+    seed: int = 0,
+    scale: float = 0.2,
+    sample: SampleLatents | None = None,
 ) -> dict[str, float]:
-    """The requested scores beyond :data:`BASE_SCORES` (see the module docstring)."""
+    """The requested scores beyond :data:`BASE_SCORES` (see the module docstring); ``sample`` draws
+    (z, c) from the run's code prior (FID's generated images)."""
     from structsearch import metrics
 
     names = [n for n in names if n not in BASE_SCORES]
@@ -118,18 +127,18 @@ def extra_scores(
         out["shd"] = float(metrics.shd(graph.q_edges, dataset.true_edges, matching))
         logger.info("shd %d with code->factor matching %s", out["shd"], matching)
     if "fid" in names:
-        out["fid"] = fid_score(G, spec, dataset, n_eval, seed)
+        out["fid"] = fid_score(G, spec, dataset, n_eval, seed, sample)
     return out
 
 
-def fid_score(G, spec: LatentSpec, dataset, n: int, seed: int) -> float:
+def fid_score(G, spec: LatentSpec, dataset, n: int, seed: int, sample: SampleLatents | None = None) -> float:
     from structsearch import metrics
 
     device = next(G.parameters()).device
     net, _ = metrics.load_or_train_feature_net(dataset, device=device)
     real, _ = dataset.test_images(n)
     rng = torch.Generator(device).manual_seed(seed)
-    z, c = spec.sample(len(real), rng, device)
+    z, c = sample(len(real), rng) if sample else spec.sample(len(real), rng, device)
     with evaluating(G):
         fake = torch.cat([G(z[i : i + 500], c[i : i + 500]) for i in range(0, len(real), 500)])
     return float(metrics.fid(real.to(device), fake, net))

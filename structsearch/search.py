@@ -278,7 +278,9 @@ class Objective:
         def on_log(step: int, losses: dict[str, float], trainer) -> bool:
             if step % every or step >= self.cfg.run.train.n_steps:
                 return False
-            scores = compute_scores(trainer.G, trainer.D, graph.spec, graph, self.dataset, n_eval=500)
+            scores = compute_scores(
+                trainer.G, trainer.D, graph.spec, graph, self.dataset, 500, 0, trainer.sample_latents
+            )
             trial.report(scores[objective], step)
             return trial.should_prune()
 

@@ -122,7 +122,9 @@ def run_trial(
         bar.close()
     scores: dict[str, float] = {}
     if result.status != "diverged":
-        scores = compute_scores(trainer.G, trainer.D, graph.spec, graph, dataset, cfg.n_eval, seed=cfg.train.seed)
+        scores = compute_scores(
+            trainer.G, trainer.D, graph.spec, graph, dataset, cfg.n_eval, cfg.train.seed, trainer.sample_latents
+        )
         if extra_scores:
             scores |= objectives.extra_scores(
                 trainer.G, trainer.D, graph, dataset, extra_scores, cfg.n_eval, cfg.train.seed
@@ -164,7 +166,9 @@ def evaluate_run(
     metrics = objectives.available_metrics(dataset, graph.spec, metrics)
     timings: dict[str, float] = {}
     started = time.time()
-    scores = compute_scores(trainer.G, trainer.D, graph.spec, graph, dataset, cfg.n_eval, seed=cfg.train.seed)
+    scores = compute_scores(
+        trainer.G, trainer.D, graph.spec, graph, dataset, cfg.n_eval, cfg.train.seed, trainer.sample_latents
+    )
     timings["time/base"] = time.time() - started
     for name in metrics:
         started = time.time()

@@ -153,3 +153,79 @@ def test_categorical_deviance_sees_a_forbidden_dependence() -> None:
     loss = StructuralLoss(spec, preset("independent", spec).parents(), form="deviance")
     assert loss(c, obey).item() < 0.02
     assert loss(c, leak).item() > 1.0
+
+
+# ---- perfect_map ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("edge", [("q1", "q3"), ("q2", "q3"), ("c3", "q3"), ("c1", "q1")])
+def test_perfect_map_edge_term_equals_pgmpy_loglik_difference(edge: tuple[str, str]) -> None:
+    """CMI(v; u | pa minus u) = (L(v | pa) - L(v | pa minus u)) / N on raw values."""
+    c, q = _codes(1000, 6, q3_from_parents=True, noise=0.3)
+    q = q * torch.tensor([2.0, 0.5, 3.0]) + 1.0  # raw, unstandardized values
+    loss = StructuralLoss(CONT3, COLLIDER.parents(), form="perfect_map", floor=1e-9, ridge=0.0, edge_cap=100.0)
+    cmi = loss.edge_information(c.double(), q.double())[edge]
+
+    df = pd.DataFrame(
+        {
+            **{f"c{i + 1}": c[:, i].double().numpy() for i in range(3)},
+            **{f"q{i + 1}": q[:, i].double().numpy() for i in range(3)},
+        }
+    )
+    u, v = edge
+    pa = COLLIDER.parents()[v]
+    expected = (gauss_loglik(df, {v: pa}) - gauss_loglik(df, {v: tuple(p for p in pa if p != u)})) / len(df)
+    assert expected > 0.01
+    assert cmi.item() == pytest.approx(expected, rel=1e-3, abs=1e-5)
+
+
+def test_perfect_map_gives_a_copying_child_no_credit_for_its_other_edges() -> None:
+    """q3 = q1 exactly: CMI of q2->q3 and c3->q3 is ~0, and the copy scores worse than a mixture."""
+    c, mixture = _codes(1024, 7, q3_from_parents=True)
+    copy = mixture.clone()
+    copy[:, 2] = copy[:, 0]
+    loss = StructuralLoss(CONT3, COLLIDER.parents(), form="perfect_map")
+    cmi = loss.edge_information(c, copy)
+    assert abs(cmi[("q2", "q3")].item()) < 1e-3 and abs(cmi[("c3", "q3")].item()) < 1e-3
+    assert cmi[("q1", "q3")].item() > loss.edge_cap
+    assert loss(c, mixture) < loss(c, copy) - 0.5
+    # ... while the literal likelihood prefers the copy (or is indifferent at the floor)
+    likelihood = StructuralLoss(CONT3, COLLIDER.parents(), form="likelihood")
+    assert likelihood(c, copy) <= likelihood(c, mixture) + 1e-4
+
+
+def test_perfect_map_prefers_data_where_every_present_edge_carries_information() -> None:
+    c, faithful = _codes(2048, 8, q3_from_parents=True)
+    g = torch.Generator().manual_seed(18)
+    unfaithful = faithful.clone()  # q3 ignores q2: the present edge q2->q3 carries nothing
+    unfaithful[:, 2] = 0.8 * unfaithful[:, 0] + 0.3 * c[:, 2] + 0.1 * torch.randn(2048, generator=g)
+    loss = StructuralLoss(CONT3, COLLIDER.parents(), form="perfect_map")
+    assert abs(loss.edge_information(c, unfaithful)[("q2", "q3")].item()) < 0.01
+    assert loss(c, faithful) < loss(c, unfaithful) - 0.5
+
+
+def test_perfect_map_edge_reward_is_capped() -> None:
+    c, q = _codes(1024, 9, q3_from_parents=False, noise=0.01)  # q_i ~ c_i: each ci->qi carries ~1.5 nats
+    independent = preset("independent", CONT3).parents()
+    for cap in (0.25, 1.0):
+        loss = StructuralLoss(CONT3, independent, form="perfect_map", edge_cap=cap)
+        deviance = StructuralLoss(CONT3, independent, form="deviance")(c, q)
+        assert (loss(c, q) - deviance).item() == pytest.approx(-3 * cap, abs=1e-4)
+
+
+def test_perfect_map_on_categorical_codes_uses_the_cpt_difference() -> None:
+    spec = get_spec("cat4,cat4")
+    g = torch.Generator().manual_seed(0)
+    k1 = torch.randint(4, (1000,), generator=g)
+    k2 = torch.randint(4, (1000,), generator=g)
+    c = torch.cat([torch.nn.functional.one_hot(k1, 4), torch.nn.functional.one_hot(k2, 4)], 1).float()
+    q_out = 20 * c  # q_i peaked on c_i
+    graph = Graph.parse("c1->q1, c2->q2, q1->q2", spec)
+    cmi = StructuralLoss(spec, graph.parents(), form="perfect_map").edge_information(c, q_out)
+    assert cmi[("c1", "q1")].item() == pytest.approx(np.log(4), abs=0.05)  # all of q1's entropy
+    assert abs(cmi[("q1", "q2")].item()) < 0.05  # q2 does not depend on q1 given c2
+
+
+def test_perfect_map_rejects_a_non_positive_cap() -> None:
+    with pytest.raises(ValueError, match="edge cap"):
+        StructuralLoss(CONT3, COLLIDER.parents(), form="perfect_map", edge_cap=0.0)

@@ -101,3 +101,55 @@ def test_every_form_trains(form: str) -> None:
 def test_bf16_autocast_step_is_finite() -> None:
     trainer = _trainer(dataclasses.replace(TINY, precision="bf16"))
     assert all(torch.isfinite(v) for v in trainer.train_step().values())
+
+
+# ---- code prior ----------------------------------------------------------------------------
+
+
+def test_graph_prior_entangles_the_collider_child_and_keeps_its_parents_independent() -> None:
+    trainer = _trainer(dataclasses.replace(TINY, code_prior="graph"))
+    _, c = trainer.sample_latents(20_000, torch.Generator().manual_seed(0))
+    corr = torch.corrcoef(c.T)
+    assert corr[0, 2] > 0.3 and corr[1, 2] > 0.3  # c3 from c1 and c2
+    assert abs(corr[0, 1]) < 0.03
+    assert c.min() >= -1 and c.max() <= 1
+    assert c.var(0).tolist() == pytest.approx([1 / 3] * 3, rel=0.15)  # variances normalized (before the clip)
+
+
+def test_graph_prior_normalizes_a_child_of_correlated_parents() -> None:
+    """Complete graph: c2 depends on c1, c3 on both; every variance stays near 1/3."""
+    trainer = _trainer(dataclasses.replace(TINY, code_prior="graph"), parents=preset("complete", SPEC).parents())
+    _, c = trainer.sample_latents(20_000, torch.Generator().manual_seed(1))
+    assert c.var(0).tolist() == pytest.approx([1 / 3] * 3, rel=0.15)
+    assert torch.corrcoef(c.T)[0, 1] > 0.5
+
+
+def test_graph_prior_leaves_categorical_codes_independent() -> None:
+    from gan.prior import CodePrior
+
+    spec = get_spec("cat4,cont,cont")
+    prior = CodePrior(spec, {"q2": ("c2",), "q3": ("c3", "q1", "q2")})  # q1 (categorical) is ignored
+    _, c = prior.sample(20_000, torch.Generator().manual_seed(2))
+    assert torch.equal(c[:, :4].sum(1), torch.ones(20_000))  # still one-hot
+    assert torch.corrcoef(c[:, 4:].T)[0, 1] > 0.5
+    assert len(prior.mechanisms) == 1 and prior.mechanisms[0].parents == (4,)
+
+
+def test_independent_prior_draws_exactly_as_before() -> None:
+    trainer = _trainer()
+    z, c = trainer.sample_latents(64, torch.Generator().manual_seed(3))
+    z0, c0 = SPEC.sample(64, torch.Generator().manual_seed(3))
+    assert torch.equal(z, z0) and torch.equal(c, c0)
+
+
+def test_scores_draw_from_the_graph_prior() -> None:
+    from structsearch.evaluate import generated_codes
+
+    trainer = _trainer(dataclasses.replace(TINY, code_prior="graph"))
+    c, _ = generated_codes(trainer.G, trainer.D, SPEC, 2000, 0, torch.device("cpu"), trainer.sample_latents)
+    assert torch.corrcoef(c.T)[0, 2] > 0.3
+
+
+def test_graph_prior_and_perfect_map_train() -> None:
+    result = _trainer(dataclasses.replace(TINY, code_prior="graph", struct_form="perfect_map")).run()
+    assert result.status == "completed" and all(map(lambda v: v == v, result.losses.values()))
