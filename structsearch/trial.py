@@ -127,7 +127,14 @@ def run_trial(
         )
         if extra_scores:
             scores |= objectives.extra_scores(
-                trainer.G, trainer.D, graph, dataset, extra_scores, cfg.n_eval, cfg.train.seed
+                trainer.G,
+                trainer.D,
+                graph,
+                dataset,
+                extra_scores,
+                cfg.n_eval,
+                cfg.train.seed,
+                sample=trainer.sample_latents,
             )
         tracker.log_metrics(run_id, {f"score/{k}": v for k, v in scores.items()}, result.step)
         for path in save_traversals(trainer.G, graph.spec, run_dir / "traversals", seed=cfg.train.seed):
