@@ -9,7 +9,7 @@ the study itself, so ``structsearch worker --study NAME --storage URL`` needs no
   the trial returns the stored values and records ``duplicate_of``. Two workers that draw the
   same new graph at the same moment both train it (the one documented race).
 * Kills: trials send heartbeats; a trial whose process died is failed after ``grace_period``
-  seconds by the next worker and re-enqueued with the same graph (``RetryFailedTrialCallback``),
+  seconds by the next worker and re-enqueued with the same graph (``RetryHeartbeatStaleTrialCallback``),
   and the retry resumes the dead trial's checkpoint, under the dead trial's seed.
 * Infeasible: with ``--min-info X``, a trial whose worst code is recovered with info below X
   violates a constraint (Optuna's ``constraints_func``), so a collapsed model never wins.
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback, fail_stale_trials
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from search_spaces import Constraints, SearchSpace, make_space
@@ -139,7 +139,7 @@ def open_study(cfg: SearchConfig) -> optuna.Study:
         cfg.storage_url(),
         heartbeat_interval=cfg.heartbeat_interval,
         grace_period=cfg.grace_period,
-        failed_trial_callback=RetryFailedTrialCallback(max_retry=2),
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
     )
     study = optuna.create_study(
         storage=storage,
@@ -259,7 +259,7 @@ class Objective:
         frozen = next(
             t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number == trial.number
         )
-        first = RetryFailedTrialCallback.retry_history(frozen)
+        first = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
         return first[0] if first else trial.number
 
     def _completed_with(self, key: str) -> FrozenTrial | None:
