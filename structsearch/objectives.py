@@ -127,7 +127,8 @@ def extra_scores(
         out["shd"] = float(metrics.shd(graph.q_edges, dataset.true_edges, matching))
         logger.info("shd %d with code->factor matching %s", out["shd"], matching)
     if "fid" in names:
-        out["fid"] = fid_score(G, spec, dataset, n_eval, seed, sample)
+        n_fid = max(n_eval, round(metrics.FID_N_SAMPLES * scale))  # 10,000 at the comparable scale
+        out["fid"] = fid_score(G, spec, dataset, n_fid, seed, sample)
     return out
 
 
