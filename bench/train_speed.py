@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from gan.latents import get_spec
+from gan.structure import StructuralLoss
 from gan.train import TrainConfig, Trainer
 from structsearch.graph import load_graph
 
@@ -50,6 +51,24 @@ def time_steps(cfg: TrainConfig, parents, device: torch.device, n_steps: int, wa
     return sorted(times)[len(times) // 2]
 
 
+def time_regularizer(batch: int, device: torch.device, n_calls: int = 50) -> float:
+    """Seconds per forward+backward of R_G alone (collider graph, mnist codes): a direct, low-noise
+    measure of its cost; a training step calls it twice (D/Q update and G update)."""
+    spec = get_spec("mnist")
+    loss = StructuralLoss(spec, load_graph("collider", "mnist").parents(), "deviance")
+    _, c = spec.sample(batch, torch.Generator().manual_seed(0))
+    q = torch.randn(batch, spec.code_dim, device=device, requires_grad=True)
+    c = c.to(device)
+    times = []
+    for _ in range(n_calls):
+        start = time.perf_counter()
+        loss(c, q).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -75,6 +94,8 @@ def main() -> None:
                 images_per_s_struct=batch / struct,
                 overhead=struct / plain - 1,
             )
+            row["s_per_regularizer_call"] = time_regularizer(batch, device)
+            row["regularizer_share_of_plain_step"] = 2 * row["s_per_regularizer_call"] / plain
             rows.append(row)
             print(
                 f"batch {batch:>3} {precision}: plain {batch / plain:7.1f} img/s ({1 / plain:5.2f} steps/s), "
