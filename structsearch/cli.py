@@ -97,12 +97,14 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     import optuna
 
     from structsearch import search
+    from structsearch import study as study_mod
+    from structsearch.objectives import direction
 
     optuna.logging.set_verbosity(optuna.logging.DEBUG if args.verbose else optuna.logging.WARNING)
     run = config_mod.config_from_args(args)
     _check(run)
     study = args.study or f"{run.dataset}-{args.space}"
-    cfg = search.SearchConfig(
+    cfg = study_mod.SearchConfig(
         study=study,
         n_trials=args.trials,
         storage=args.storage,
@@ -127,7 +129,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     _device(run.device)
     with _as_usage_errors(ValueError):
         for name in cfg.objectives:
-            search.direction(name)
+            direction(name)
         study_obj = search.run_search(cfg, workers=args.workers, gpus=_gpus(args.gpus))
     _print_top(study_obj, cfg, args.top)
     return 0
@@ -137,10 +139,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import optuna
 
     from structsearch import search
+    from structsearch import study as study_mod
 
     optuna.logging.set_verbosity(optuna.logging.DEBUG if args.verbose else optuna.logging.WARNING)
     with _as_usage_errors(ValueError):
-        cfg = search.config_of(args.study, args.storage)
+        cfg = study_mod.config_of(args.study, args.storage)
     cfg = dataclasses.replace(cfg, runs_dir=args.runs_dir or cfg.runs_dir, tracking=args.tracking or cfg.tracking)
     if args.trials:
         cfg = dataclasses.replace(cfg, n_trials=args.trials)
@@ -148,19 +151,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, device=args.device))
     with _as_usage_errors(ValueError):
         study = search.optimize(cfg)
-    print(f"worker done: {search.finished(study)}/{cfg.n_trials} trials finished in study {cfg.study}")
+    print(f"worker done: {study_mod.finished(study)}/{cfg.n_trials} trials finished in study {cfg.study}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from structsearch import search
+    from structsearch import study as study_mod
     from structsearch.drawing import draw_graph
     from structsearch.graph import Graph
 
-    storage = args.storage or search.SearchConfig(study=args.study, runs_dir=args.runs_dir).storage_url()
+    storage = args.storage or study_mod.SearchConfig(study=args.study, runs_dir=args.runs_dir).storage_url()
     with _as_usage_errors(ValueError):
-        study = search.load_existing(args.study, storage)
-    best = search.ranked(study)[: args.top]
+        study = study_mod.load_existing(args.study, storage)
+    best = study_mod.ranked(study)[: args.top]
     if not best:
         raise UsageError(f"study {args.study!r} has no completed trial yet")
     out = Path(args.out or Path(args.runs_dir) / args.study / "export")
@@ -227,10 +230,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_top(study, cfg, top: int) -> None:
-    from structsearch import search
+    from structsearch import study as study_mod
 
-    best = search.ranked(study)[:top]
-    print(f"\nstudy {cfg.study}: {search.finished(study)} trials finished; top {len(best)} graphs")
+    best = study_mod.ranked(study)[:top]
+    print(f"\nstudy {cfg.study}: {study_mod.finished(study)} trials finished; top {len(best)} graphs")
     header = ["rank", "trial", *cfg.objectives, "info_min", "mlflow run", "graph"]
     rows = []
     for rank, t in enumerate(best, 1):
