@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated")
     parser.add_argument("--out", default="docs/results/train_speed_cpu.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,7 +82,7 @@ def main() -> None:
     collider = load_graph("collider", "mnist").parents()
     rows = []
     for batch in (64, 128):
-        for precision in ("fp32", "bf16"):
+        for precision in args.precisions.split(","):
             base = TrainConfig(batch_size=batch, precision=precision, width=1.0)
             plain = time_steps(dataclasses.replace(base, lambda_struct=0.0), {}, device, args.steps)
             struct = time_steps(base, collider, device, args.steps)
@@ -99,7 +100,9 @@ def main() -> None:
             rows.append(row)
             print(
                 f"batch {batch:>3} {precision}: plain {batch / plain:7.1f} img/s ({1 / plain:5.2f} steps/s), "
-                f"with R_G {batch / struct:7.1f} img/s, overhead {100 * row['overhead']:+.1f}%",
+                f"with R_G {batch / struct:7.1f} img/s, overhead {100 * row['overhead']:+.1f}%; "
+                f"R_G alone {1000 * row['s_per_regularizer_call']:.2f} ms/call, "
+                f"{100 * row['regularizer_share_of_plain_step']:.1f}% of a plain step at 2 calls/step",
                 flush=True,
             )
     info = dict(
