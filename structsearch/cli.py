@@ -126,11 +126,14 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         grace_period=args.grace_period,
         run=run,
     )
+    if args.trials < 1 or args.workers < 1:
+        raise UsageError(f"--trials and --workers must be >= 1, got {args.trials} and {args.workers}")
     _device(run.device)
-    with _as_usage_errors(ValueError):
+    with _as_usage_errors(ValueError):  # user mistakes surface here, before any training
         for name in cfg.objectives:
             direction(name)
-        study_obj = search.run_search(cfg, workers=args.workers, gpus=_gpus(args.gpus))
+        prepared = search.prepare(cfg)
+    study_obj = search.run_search(cfg, workers=args.workers, gpus=_gpus(args.gpus), prepared=prepared)
     _print_top(study_obj, cfg, args.top)
     return 0
 
@@ -150,7 +153,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.device:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, device=args.device))
     with _as_usage_errors(ValueError):
-        study = search.optimize(cfg)
+        prepared = search.prepare(cfg)
+    study = search.optimize(cfg, prepared)
     print(f"worker done: {study_mod.finished(study)}/{cfg.n_trials} trials finished in study {cfg.study}")
     return 0
 

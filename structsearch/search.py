@@ -21,8 +21,9 @@ import logging
 import os
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
@@ -156,8 +157,23 @@ class Objective:
         return on_log
 
 
-def prepare(cfg: SearchConfig):
-    """Dataset, space, study (created or loaded, seeds enqueued), tracker and the parent run."""
+@dataclass
+class Prepared:
+    """What every trial of this process shares; building it is where a bad command fails."""
+
+    study: optuna.Study
+    dataset: Any
+    space: SearchSpace
+    tracker: Tracker
+    parent_run_id: str | None
+
+
+def prepare(cfg: SearchConfig) -> Prepared:
+    """Dataset, space, study (created or loaded, seeds enqueued), tracker and the parent run.
+
+    Every user mistake (dataset, objective, space, constraints, seed graph, a study created with
+    other directions) raises here, as ``ValueError``/``GraphError``/``DatasetError``, before any
+    training; errors after this point are bugs and keep their traceback."""
     dataset = load_dataset(cfg.run)
     independent = resolve_graph(dataclasses.replace(cfg.run, graph="independent"), dataset)
     spec = independent.spec
@@ -166,13 +182,14 @@ def prepare(cfg: SearchConfig):
     study = open_study(cfg)
     enqueue_seeds(study, space, [independent] + [load_graph(g, spec) for g in cfg.seed_graphs])
     tracker = make_tracker(cfg.tracking, f"study-{cfg.study}", Path(cfg.runs_dir))
-    return study, dataset, space, tracker, _parent_run(study, tracker, cfg, space)
+    return Prepared(study, dataset, space, tracker, _parent_run(study, tracker, cfg, space))
 
 
-def optimize(cfg: SearchConfig) -> optuna.Study:
+def optimize(cfg: SearchConfig, prepared: Prepared | None = None) -> optuna.Study:
     """Run trials in this process until the study holds ``n_trials`` finished ones."""
-    study, dataset, space, tracker, parent = prepare(cfg)
-    objective = Objective(cfg, study, dataset, space, tracker, parent)
+    p = prepared or prepare(cfg)
+    study, tracker = p.study, p.tracker
+    objective = Objective(cfg, study, p.dataset, p.space, tracker, p.parent_run_id)
     while True:
         fail_stale_trials(study)  # a dead worker's trial is failed here and re-enqueued (same graph)
         running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
@@ -184,13 +201,16 @@ def optimize(cfg: SearchConfig) -> optuna.Study:
     return study
 
 
-def run_search(cfg: SearchConfig, workers: int = 1, gpus: list[str] | None = None) -> optuna.Study:
+def run_search(
+    cfg: SearchConfig, workers: int = 1, gpus: list[str] | None = None, prepared: Prepared | None = None
+) -> optuna.Study:
     """``optimize`` here, or in ``workers`` processes sharing the study (worker i on GPU i mod len)."""
     gpus = gpus or []
     n = max(workers, len(gpus), 1)
+    prepared = prepared or prepare(cfg)  # the study, seeds and parent run exist before any worker starts
     if n == 1 and not gpus:
-        return optimize(cfg)
-    study, _, _, tracker, _ = prepare(cfg)  # create the study, seeds and parent run once, before the workers
+        return optimize(cfg, prepared)
+    study, tracker = prepared.study, prepared.tracker
     procs = []
     for i in range(n):
         cmd = [
