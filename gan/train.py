@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 LOSS_KEYS = ("loss/d", "loss/g", "loss/info", "loss/struct")
 
 
-def _doc(text: str, default, **kw):
+def doc_field(text: str, default, **kw):
+    """A dataclass field whose documentation (and choices) travel in its metadata, for ``--help``."""
     return field(default=default, metadata={"help": text, **kw})
 
 
@@ -45,27 +46,27 @@ def _doc(text: str, default, **kw):
 class TrainConfig:
     """Everything that decides what a training run computes (saved with every run)."""
 
-    n_steps: int = _doc("training steps (one D and one G/Q update each)", 5000)
-    batch_size: int = _doc("images per batch", 128)
-    lr_g: float = _doc("Adam learning rate of G (InfoGAN: 1e-3)", 1e-3)
-    lr_d: float = _doc("Adam learning rate of D and Q (InfoGAN: 2e-4)", 2e-4)
-    beta1: float = _doc("Adam beta1", 0.5)
-    lambda_info: float = _doc("weight of InfoGAN's information term", 1.0)
-    lambda_struct: float = _doc("weight of the structural regularizer R_G (0: plain InfoGAN)", 1.0)
-    struct_form: str = _doc("form of R_G", "deviance", choices=FORMS)
-    struct_floor: float = _doc("floor of the fitted variance, standardized units", 0.05)
-    struct_edge_cap: float = _doc("perfect_map: the most reward one edge earns, in nats", 1.0)
-    code_prior: str = _doc(
+    n_steps: int = doc_field("training steps (one D and one G/Q update each)", 5000)
+    batch_size: int = doc_field("images per batch", 128)
+    lr_g: float = doc_field("Adam learning rate of G (InfoGAN: 1e-3)", 1e-3)
+    lr_d: float = doc_field("Adam learning rate of D and Q (InfoGAN: 2e-4)", 2e-4)
+    beta1: float = doc_field("Adam beta1", 0.5)
+    lambda_info: float = doc_field("weight of InfoGAN's information term", 1.0)
+    lambda_struct: float = doc_field("weight of the structural regularizer R_G (0: plain InfoGAN)", 1.0)
+    struct_form: str = doc_field("form of R_G", "deviance", choices=FORMS)
+    struct_floor: float = doc_field("floor of the fitted variance, standardized units", 0.05)
+    struct_edge_cap: float = doc_field("perfect_map: the most reward one edge earns, in nats", 1.0)
+    code_prior: str = doc_field(
         "prior of the codes fed to G: independent (InfoGAN) or a linear SCM over the graph's q->q edges",
         "independent",
         choices=("independent", "graph"),
     )
-    gan_loss: str = _doc("adversarial loss", "bce", choices=("bce", "lsgan"))
-    width: float = _doc("width multiplier of every hidden layer", 1.0)
-    precision: str = _doc("fp32, or bf16 autocast (R_G's solve stays fp32)", "fp32", choices=("fp32", "bf16"))
-    seed: int = _doc("seed of weights, data order and latent draws", 0)
-    log_every: int = _doc("steps between logged losses (and host syncs)", 50)
-    checkpoint_every: int = _doc("steps between checkpoints (0: only at the end)", 500)
+    gan_loss: str = doc_field("adversarial loss", "bce", choices=("bce", "lsgan"))
+    width: float = doc_field("width multiplier of every hidden layer", 1.0)
+    precision: str = doc_field("fp32, or bf16 autocast (R_G's solve stays fp32)", "fp32", choices=("fp32", "bf16"))
+    seed: int = doc_field("seed of weights, data order and latent draws", 0)
+    log_every: int = doc_field("steps between logged losses (and host syncs)", 50)
+    checkpoint_every: int = doc_field("steps between checkpoints (0: only at the end)", 500)
 
 
 @dataclass

@@ -15,26 +15,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gan.train import TrainConfig
-
-
-def _doc(text: str, default, **kw):
-    return field(default=default, metadata={"help": text, **kw})
+from gan.train import TrainConfig, doc_field
 
 
 @dataclass
 class RunConfig:
     """What one training run trains on and where its results go."""
 
-    dataset: str = _doc("dataset name (see `structsearch datasets`)", "shapes")
-    graph: str = _doc("graph: a preset, edges like 'c1->q1, q1->q3', or a .json/.txt file", "independent")
-    codes: str | None = _doc("latent spec (default: the dataset's), e.g. mnist3 or 'cat10,cont,cont;noise=62'", None)
-    data_dir: str | None = _doc(
+    dataset: str = doc_field("dataset name (see `structsearch datasets`)", "shapes")
+    graph: str = doc_field("graph: a preset, edges like 'c1->q1, q1->q3', or a .json/.txt file", "independent")
+    codes: str | None = doc_field(
+        "latent spec (default: the dataset's), e.g. mnist3 or 'cat10,cont,cont;noise=62'", None
+    )
+    data_dir: str | None = doc_field(
         "folder with the dataset's files (else $STRUCTSEARCH_DATA, then ~/.cache/structsearch)", None
     )
-    device: str = _doc("auto, cpu, cuda, cuda:N or mps", "auto")
-    n_eval: int = _doc("held-out real / fresh generated samples for the scores", 2000)
-    shapes_graph: str = _doc(
+    device: str = doc_field("auto, cpu, cuda, cuda:N or mps", "auto")
+    n_eval: int = doc_field("held-out real / fresh generated samples for the scores", 2000)
+    shapes_graph: str = doc_field(
         "true factor graph of the synthetic `shapes` set",
         "collider",
         choices=("collider", "chain", "fork", "independent"),
