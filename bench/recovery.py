@@ -280,6 +280,9 @@ def main(argv: list[str] | None = None) -> None:
         "--shard", default="0/1", help="I/N: only every N-th run from the I-th (N processes share a box)"
     )
     parser.add_argument("--dry-run", action="store_true", help="count the runs to do and stop")
+    parser.add_argument(
+        "--summarize", action="store_true", help="rewrite summary.md from the rows done so far, run nothing"
+    )
     args = parser.parse_args(argv)
     config = json.loads(Path(args.config).read_text())
     if args.grid not in config["grids"]:
@@ -293,6 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     todo = [run for i, run in enumerate(expand(grid)) if i % n_shards == shard and run_key(run) not in done]
     print(f"{args.grid} grid: {len(keys)} runs, {len(done)} done, {len(todo)} to do")
     if args.dry_run:
+        return
+    if args.summarize:
+        (out / "summary.md").write_text(summarize([r for r in load_rows(results) if r["key"] in keys], args.grid))
         return
     out.mkdir(parents=True, exist_ok=True)
     datasets: dict = {}
