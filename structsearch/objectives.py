@@ -16,6 +16,7 @@ others need ground truth or a trained feature net and are computed only when ask
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
 import numpy as np
@@ -108,9 +109,12 @@ def extra_scores(
     seed: int = 0,
     scale: float = 0.2,
     sample: SampleLatents | None = None,
+    seconds: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """The requested scores beyond :data:`BASE_SCORES` (see the module docstring); ``sample`` draws
-    (z, c) from the run's code prior (FID's generated images)."""
+    (z, c) from the run's code prior (FID's generated images); ``seconds``, when given, receives
+    the time of each metric (``time/<name>``; the disentanglement metrics share one code sample,
+    timed as ``time/codes``)."""
     from structsearch import metrics
 
     names = [n for n in names if n not in BASE_SCORES]
@@ -120,15 +124,24 @@ def extra_scores(
     if wanted:
         scores = metrics.all_disentanglement(represent, dataset, seed=seed, scale=scale, metrics=wanted)
         out |= {k: v for k, v in scores.items() if not k.startswith("time/")}
+        timings = {k: v for k, v in scores.items() if k.startswith("time/")}
         out |= {m: scores[HEADLINE.get(m, m)] for m in wanted}
+    else:
+        timings = {}
     if "shd" in names:
+        started = time.perf_counter()
         codes, factors = metrics.generate_factor_codes(represent, dataset, n_eval, np.random.default_rng(seed))
         matching = metrics.match_codes(codes, factors)
         out["shd"] = float(metrics.shd(graph.q_edges, dataset.true_edges, matching))
         logger.info("shd %d with code->factor matching %s", out["shd"], matching)
+        timings["time/shd"] = time.perf_counter() - started
     if "fid" in names:
+        started = time.perf_counter()
         n_fid = max(n_eval, round(metrics.FID_N_SAMPLES * scale))  # 10,000 at the comparable scale
         out["fid"] = fid_score(G, spec, dataset, n_fid, seed, sample)
+        timings["time/fid"] = time.perf_counter() - started
+    if seconds is not None:
+        seconds.update(timings)
     return out
 
 

@@ -177,12 +177,18 @@ def evaluate_run(
         trainer.G, trainer.D, graph.spec, graph, dataset, cfg.n_eval, cfg.train.seed, trainer.sample_latents
     )
     timings["time/base"] = time.time() - started
-    for name in metrics:
-        started = time.time()
-        scores |= objectives.extra_scores(
-            trainer.G, trainer.D, graph, dataset, [name], cfg.n_eval, cfg.train.seed, scale
-        )
-        timings[f"time/{name}"] = time.time() - started
+    scores |= objectives.extra_scores(
+        trainer.G,
+        trainer.D,
+        graph,
+        dataset,
+        metrics,
+        cfg.n_eval,
+        cfg.train.seed,
+        scale,
+        trainer.sample_latents,
+        timings,
+    )
     record = run_dir / "run.json"
     run_id = json.loads(record.read_text()).get("run_id") if record.exists() else None
     if tracker is not None and run_id:
