@@ -142,12 +142,16 @@ def test_categorical_cpt_likelihood() -> None:
     assert categorical_nll(independent, []).item() == pytest.approx(np.log(4), abs=0.02)
 
 
+def _two_categorical_codes(n: int = 1000) -> torch.Tensor:
+    """One-hot codes of spec cat4,cat4: (n, 8), independent uniform classes."""
+    g = torch.Generator().manual_seed(0)
+    k1, k2 = (torch.randint(4, (n,), generator=g) for _ in range(2))
+    return torch.cat([torch.nn.functional.one_hot(k1, 4), torch.nn.functional.one_hot(k2, 4)], 1).float()
+
+
 def test_categorical_deviance_sees_a_forbidden_dependence() -> None:
     spec = get_spec("cat4,cat4")
-    g = torch.Generator().manual_seed(0)
-    k1 = torch.randint(4, (1000,), generator=g)
-    k2 = torch.randint(4, (1000,), generator=g)
-    c = torch.cat([torch.nn.functional.one_hot(k1, 4), torch.nn.functional.one_hot(k2, 4)], 1).float()
+    c = _two_categorical_codes()
     obey = torch.cat([20 * c[:, :4], 20 * c[:, 4:]], 1)  # q_i logits peaked on c_i
     leak = torch.cat([20 * c[:, :4], 20 * c[:, :4]], 1)  # q2 follows c1: forbidden by the graph
     loss = StructuralLoss(spec, preset("independent", spec).parents(), form="deviance")
@@ -215,10 +219,7 @@ def test_perfect_map_edge_reward_is_capped() -> None:
 
 def test_perfect_map_on_categorical_codes_uses_the_cpt_difference() -> None:
     spec = get_spec("cat4,cat4")
-    g = torch.Generator().manual_seed(0)
-    k1 = torch.randint(4, (1000,), generator=g)
-    k2 = torch.randint(4, (1000,), generator=g)
-    c = torch.cat([torch.nn.functional.one_hot(k1, 4), torch.nn.functional.one_hot(k2, 4)], 1).float()
+    c = _two_categorical_codes()
     q_out = 20 * c  # q_i peaked on c_i
     graph = Graph.parse("c1->q1, c2->q2, q1->q2", spec)
     cmi = StructuralLoss(spec, graph.parents(), form="perfect_map").edge_information(c, q_out)
