@@ -256,6 +256,11 @@ class IdxDataset(Dataset):
         n = first_n(n, self.n_test)
         return to_unit_range(self._test_x[:n].unsqueeze(1)), self._test_y[:n]
 
+    def train_images(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` training images (all when None) in [-1, 1], and their labels."""
+        n = first_n(n, len(self._train_x))
+        return to_unit_range(self._train_x[:n].unsqueeze(1)), self._train_y[:n]
+
     @property
     def train_labels(self) -> torch.Tensor:
         """(n_train,) int64 labels of the training split."""

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 FID_N_SAMPLES = 10_000
 DEFAULT_CACHE_DIR = Path("~/.cache/structsearch/fid")
+# Feature-net versions, part of the cache file name. labels v2: trained on the training split
+# (v1 trained on the test images that FID then compares against).
+VERSIONS = {"factors": "v1", "labels": "v2"}
 Batch = tuple[torch.Tensor, torch.Tensor]  # images (B, C, H, W), targets (B, n_heads) int64
 
 
@@ -137,15 +140,17 @@ def train_feature_net(
     test_fraction: float = 0.1,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    test: tuple[torch.Tensor, np.ndarray | torch.Tensor] | None = None,
 ) -> tuple[FeatureNet, float]:
     """Train a :class:`FeatureNet` on ``images`` (N, C, H, W) and ``targets``: (N,) int labels or
     (N, n_factors) int factor classes (one head per column). Returns the net (eval mode) and its
-    accuracy on a held-out ``test_fraction`` of the rows (mean over heads)."""
+    accuracy (mean over heads) on ``test`` (images, targets) when given, else on a held-out
+    ``test_fraction`` of the rows."""
     t = _as_2d(targets)
     rng = np.random.default_rng(seed)
     order = torch.as_tensor(rng.permutation(len(images)), device=images.device)
-    n_test = max(1, int(len(images) * test_fraction))
-    test, train = order[:n_test], order[n_test:]
+    n_test = 0 if test is not None else max(1, int(len(images) * test_fraction))
+    held_out, train = order[:n_test], order[n_test:]
 
     def next_batch() -> Batch:
         idx = train[torch.as_tensor(rng.integers(len(train), size=batch_size), device=images.device)]
@@ -156,8 +161,9 @@ def train_feature_net(
         head_sizes = [int(k) + 1 for k in t.max(dim=0).values]
         net = FeatureNet(images.shape[1], head_sizes).to(device)
     fit(net, next_batch, n_steps, lr)
-    acc = accuracy(net, images[test], t[test.cpu()])
-    log.info("feature net: test accuracy %.4f on %d images", acc, n_test)
+    x_test, t_test = test if test is not None else (images[held_out], t[held_out.cpu()])
+    acc = accuracy(net, x_test, t_test)
+    log.info("feature net: test accuracy %.4f on %d images", acc, len(x_test))
     return net, acc
 
 
@@ -190,7 +196,7 @@ def _factor_batches(dataset: Any, batch_size: int, rng: np.random.Generator) -> 
 def load_or_train_feature_net(
     dataset: Any,
     cache_dir: str | Path | None = None,
-    version: str = "v1",
+    version: str | None = None,
     device: str | torch.device = "cpu",
     n_steps: int = 2000,
     batch_size: int = 128,
@@ -198,14 +204,17 @@ def load_or_train_feature_net(
 ) -> tuple[FeatureNet, dict[str, Any]]:
     """The dataset's feature net from ``cache_dir/<name>-<version>.pt``, trained and saved if absent.
 
-    ``cache_dir`` defaults to ``~/.cache/structsearch/fid``; bump ``version`` whenever the
-    architecture or the training changes, since FIDs from different nets are not comparable.
+    ``cache_dir`` defaults to ``~/.cache/structsearch/fid``; the version (default
+    :data:`VERSIONS`) changes whenever the architecture or the training does, since FIDs from
+    different nets are not comparable.
 
     Factor datasets (with ``factor_sizes``) train one head per factor on fresh samples every
-    step and test on 2,000 more. Labelled datasets (``n_classes``) train on the labels of
-    ``test_images(10_000)`` (the only labelled split the dataset interface offers), holding out
-    10% to test. Returns the net (eval mode, on ``device``) and info: test_accuracy, path, cached.
+    step and test on 2,000 more. Labelled datasets (``n_classes``) train on their training split
+    (``train_images()``) and test on ``test_images(10_000)``, the images FID compares against.
+    Returns the net (eval mode, on ``device``) and info: test_accuracy, path, cached.
     """
+    kind = "factors" if getattr(dataset, "factor_sizes", None) else "labels"
+    version = version or VERSIONS[kind]
     path = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser() / f"{dataset.name}-{version}.pt"
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -222,8 +231,9 @@ def load_or_train_feature_net(
         fit(net, _factor_batches(dataset, batch_size, rng), n_steps)
         acc = accuracy(net, x_test, t_test)
     elif getattr(dataset, "n_classes", None):
-        images, labels = dataset.test_images(10_000)
-        net, acc = train_feature_net(images.float(), labels, n_steps, batch_size, seed=seed, device=device)
+        images, labels = dataset.train_images()
+        test = dataset.test_images(10_000)
+        net, acc = train_feature_net(images.float(), labels, n_steps, batch_size, seed=seed, device=device, test=test)
     else:
         raise ValueError(f"dataset {dataset.name!r} has neither factor_sizes nor n_classes to train a feature net on")
     path.parent.mkdir(parents=True, exist_ok=True)
