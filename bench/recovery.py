@@ -261,6 +261,43 @@ def _fmt(x: float) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{x:+.3g}"
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """One row of panels per setting, one panel per objective (and SHD): every seed's value per
+    candidate, the truth's class in red; a glance shows whether any objective singles it out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in SETTING), []).append(r)
+    columns = (*OBJECTIVES, "shd")
+    fig, axes = plt.subplots(len(groups), len(columns), figsize=(3.0 * len(columns), 2.4 * len(groups)), squeeze=False)
+    for i, group in enumerate(groups.values()):
+        candidates = _candidates(group)
+        for j, name in enumerate(columns):
+            ax = axes[i][j]
+            for x, cand in enumerate(candidates):
+                points = [r for r in group if r["candidate"] == cand and name in r["scores"]]
+                color = "tab:red" if points and points[0]["true_class"] else "tab:blue"
+                ys = [r["scores"][name] for r in points]
+                ax.scatter([x] * len(ys), ys, color=color, s=18)
+                if ys:
+                    ax.hlines(np.mean(ys), x - 0.3, x + 0.3, color=color)
+            better = "" if name == "shd" else f" ({'higher' if DIRECTIONS[name] == 'maximize' else 'lower'} wins)"
+            ax.set_title(name + better, fontsize=8)
+            ax.set_xticks(range(len(candidates)), candidates, rotation=35, fontsize=7, ha="right")
+            ax.tick_params(axis="y", labelsize=7)
+        r0 = group[0]
+        axes[i][0].set_ylabel(
+            f"{r0['form']}\nprior {r0['code_prior']}\nλs {r0['lambda_struct']} noise {r0['noise_dim']}", fontsize=7
+        )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # ---- main ----------------------------------------------------------------------------------
 
 
@@ -298,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         return
     if args.summarize:
-        (out / "summary.md").write_text(summarize([r for r in load_rows(results) if r["key"] in keys], args.grid))
+        write_summary(out, [r for r in load_rows(results) if r["key"] in keys], args.grid)
         return
     out.mkdir(parents=True, exist_ok=True)
     datasets: dict = {}
@@ -307,7 +344,13 @@ def main(argv: list[str] | None = None) -> None:
         with results.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"[{i + 1}/{len(todo)}] {row['key']}: {row['status']} in {row['seconds']} s", flush=True)
-    (out / "summary.md").write_text(summarize([r for r in load_rows(results) if r["key"] in keys], args.grid))
+    write_summary(out, [r for r in load_rows(results) if r["key"] in keys], args.grid)
+
+
+def write_summary(out: Path, rows: list[dict], grid_name: str) -> None:
+    """``summary.md`` (the tables) and ``summary.png`` (every run's objectives per candidate)."""
+    (out / "summary.md").write_text(summarize(rows, grid_name) + "\n![every run](summary.png)\n")
+    plot(rows, out / "summary.png")
 
 
 if __name__ == "__main__":
