@@ -74,8 +74,42 @@ def test_tiny_benchmark_writes_rows_and_a_summary_and_resumes(rec, tmp_path, cap
     assert "### collider · perfect_map · λ_info 1.0 · λ_struct 1.0 · prior graph · noise 0" in summary
     assert all(f"| {o} |" in summary for o in ("struct_bic", "agreement", "info", "info_min"))
     assert "one seed: spread unknown" in summary
+    assert (tmp_path / "out" / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
     rec.main(args)  # resumes: nothing left to do
     assert "2 runs, 2 done, 0 to do" in capsys.readouterr().out
     assert len((tmp_path / "out" / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_paper_dsprites_verdict_needs_a_gap_beyond_the_seed_spread() -> None:
+    spec = importlib.util.spec_from_file_location("paper_dsprites", ROOT / "bench" / "paper_dsprites.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    values = {  # metric -> (infogan seeds, structured seeds)
+        "mig": ([0.10, 0.12, 0.11], [0.30, 0.31, 0.29]),  # clear gap: structured higher
+        "dci": ([0.10, 0.30, 0.20], [0.25, 0.05, 0.30]),  # gap 0.003, spreads 0.1: no result
+        "sap": ([0.20, 0.21, 0.22], [0.01, 0.02, 0.03]),  # clear gap: InfoGAN higher
+    }
+    rows = [
+        {
+            "key": f"{m}{s}",
+            "model": m,
+            "seed": s,
+            "status": "completed",
+            "steps": 10,
+            "width": 0.25,
+            "scale": 0.1,
+            "scores": {name: v[i][s] for name, v in values.items()}
+            | {"dci_completeness": 0.0, "info": 0.0, "info_min": 0.0},
+        }
+        for i, m in enumerate(("infogan", "structured"))
+        for s in range(3)
+    ]
+    table = {
+        line.split(" | ")[0].strip("| "): line for line in module.summarize(rows).splitlines() if line.startswith("| ")
+    }
+    assert table["mig"].endswith("| structured higher |")
+    assert table["dci"].endswith("| **difference smaller than the seed spread** |")
+    assert table["sap"].endswith("| InfoGAN higher |")
+    assert "0.110 ± 0.010" in table["mig"]
