@@ -6,8 +6,12 @@
 * ``agreement`` -- the deviance of the graph on fresh generated (c, q): does the model obey its
   own graph? Lower is better (0: every conditional independence holds).
 * ``info`` -- how well Q recovers the codes on generated images: accuracy for categorical codes,
-  R^2 for continuous ones; ``info`` is their mean, ``info_min`` the worst code (a collapsed
-  code has low info), ``info/cK`` each code.
+  for continuous ones the R^2 of the best linear read-back of c_k from q_k (corr(c_k, q_k)^2, so
+  the Gaussian mutual information is -1/2 log(1 - info)); ``info`` is their mean, ``info_min``
+  the worst code (a collapsed code has low info), ``info/cK`` each code. Until issue 7 it was
+  the calibrated 1 - MSE(q_k, c_k) / Var(c_k), which also charged Q for the scale of its output:
+  trained Q heads output 0.2-0.6 times the codes' spread, so a code with corr^2 0.64 scored
+  -0.04 there and counted as collapsed (docs/results.md, recovery benchmark).
 * ``cat_acc`` (labelled data) -- the categorical code as an unsupervised classifier of real test
   images, with the best one-to-one class matching (scipy's ``linear_sum_assignment``).
 * ``bic_gen`` -- diagnostic only, never an objective: the graph's own BIC per row on generated
@@ -77,10 +81,17 @@ def info_scores(spec: LatentSpec, c: torch.Tensor, q_out: torch.Tensor) -> dict[
         if code.kind == "categorical":
             per_code[code.name] = (qi.argmax(1) == ci.argmax(1)).float().mean().item()
         else:
-            per_code[code.name] = 1 - ((qi - ci).pow(2).mean() / ci.var()).item()
+            per_code[code.name] = readback_r2(ci[:, 0], qi[:, 0])
     return {"info": float(np.mean(list(per_code.values()))), "info_min": min(per_code.values())} | {
         f"info/{k}": v for k, v in per_code.items()
     }
+
+
+def readback_r2(c: torch.Tensor, q: torch.Tensor) -> float:
+    """R^2 of the least-squares line c ~ a q + b, i.e. corr(c, q)^2 (0 for a constant q)."""
+    c, q = c.double() - c.double().mean(), q.double() - q.double().mean()
+    denom = (c @ c) * (q @ q)
+    return float((c @ q) ** 2 / denom) if denom > 0 else 0.0
 
 
 def matched_accuracy(predicted: np.ndarray, labels: np.ndarray, k: int) -> float:

@@ -232,6 +232,8 @@ def run_search(
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
             cmd += ["--device", "cuda"]
+        elif "OMP_NUM_THREADS" not in env:  # CPU workers share the cores instead of each taking all
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
         procs.append(subprocess.Popen(cmd, env=env))
     codes = [p.wait() for p in procs]
     if any(codes):
