@@ -32,7 +32,7 @@ def test_candidates_and_markov_classes(rec) -> None:
 def test_both_shipped_grids_expand(rec) -> None:
     grids = json.loads((ROOT / "bench" / "recovery.json").read_text())["grids"]
     small, full = ({rec.run_key(r) for r in rec.expand(grids[g])} for g in ("small", "full"))
-    assert len(small) == 40 and len(full) == 1800
+    assert len(small) == 50 and len(full) == 1800
     assert small <= full  # the full grid reuses the small grid's rows
 
 
