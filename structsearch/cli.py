@@ -417,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics",
         default="all",
-        help="comma-separated extra metrics (mig,dci,sap,modularity,factorvae,betavae,shd,fid) or 'all' the dataset allows",
+        help="comma-separated extra metrics (mig,dci,sap,modularity,factorvae,betavae,shd,fid), 'all' the dataset allows, or 'none' (only the base scores)",
     )
     p.add_argument(
         "--scale", type=float, default=1.0, help="fraction of disentanglement_lib's sample counts (1.0: comparable)"

@@ -68,7 +68,9 @@ def check_objectives(names: Iterable[str], dataset, spec: LatentSpec) -> None:
 
 
 def available_metrics(dataset, spec: LatentSpec, text: str) -> list[str]:
-    """The extra metrics named in ``text`` (``all``: every one the dataset allows)."""
+    """The extra metrics named in ``text`` (``all``: every one the dataset allows; ``none``: no extra)."""
+    if text.strip() in ("", "none"):
+        return []
     if text == "all":
         names = []
         for name in (*DISENTANGLEMENT, "shd", "fid"):

@@ -27,3 +27,11 @@ def test_info_reads_back_a_shrunken_code_fully_and_an_unrelated_one_not_at_all()
     assert scores["info_min"] == 0.0
     half = info_scores(SPEC, c, torch.cat([5 * cat, c2 + noise * c2.std(), c3, c4], dim=1))
     assert half["info/c2"] == pytest.approx(0.5, abs=0.03)  # corr^2 of a code plus equal noise
+
+
+def test_metrics_none_means_only_the_base_scores() -> None:
+    from structsearch.objectives import available_metrics
+
+    assert available_metrics(None, SPEC, "none") == [] and available_metrics(None, SPEC, "") == []
+    with pytest.raises(ValueError, match="nonesuch"):
+        available_metrics(None, SPEC, "nonesuch")
