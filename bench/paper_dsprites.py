@@ -26,6 +26,7 @@ import numpy as np
 
 from gan.train import TrainConfig
 from structsearch.config import RunConfig, apply_preset
+from structsearch.evaluate import INFO_VERSION
 from structsearch.trial import evaluate_run, load_dataset, resolve_graph, run_trial
 
 MODELS = {"infogan": 0.0, "structured": 1.0}  # name -> lambda_struct
@@ -66,6 +67,7 @@ def run_one(model: str, seed: int, args: argparse.Namespace, dataset) -> dict:
         "width": args.width,
         "scale": args.scale,
         "status": result.status,
+        "info_version": INFO_VERSION,
         "seconds": round(time.time() - started, 1),
         "scores": scores,
     }
@@ -73,8 +75,9 @@ def run_one(model: str, seed: int, args: argparse.Namespace, dataset) -> dict:
 
 def summarize(rows: list[dict]) -> str:
     """Markdown: mean +- std per model and metric, and whether the gap exceeds the seed spread."""
-    names = [m for m in METRICS if m in rows[0]["scores"]] + ["dci_completeness", "info", "info_min"]
     by_model = {m: [r for r in rows if r["model"] == m and r["status"] != "diverged"] for m in MODELS}
+    scored = set().union(*(r["scores"] for rs in by_model.values() for r in rs))
+    names = [m for m in (*METRICS, "dci_completeness", "info", "info_min") if m in scored]
     r0 = rows[0]
     lines = [
         f"# dSprites: InfoGAN vs the structured model ({r0['steps']} steps, width {r0['width']}, "
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "dsprites.jsonl"
-    rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()] if results.exists() else []
     seeds = [int(s) for s in args.seeds.split(",")]
     todo = [(m, s) for s in seeds for m in MODELS if run_key(m, s, args) not in {r["key"] for r in rows}]
     print(f"{len(todo)} runs to do", flush=True)

@@ -6,6 +6,8 @@
 #
 #   bash bench/paper_mnist.sh [STEPS] [DEVICE]      # defaults: 5000 (the paper's length), auto
 #
+# (with the project installed: `structsearch` on PATH, e.g. the activated venv)
+#
 # A killed run (or one rerun with more STEPS) continues from its last checkpoint.
 set -euo pipefail
 steps=${1:-5000}
@@ -16,7 +18,7 @@ common=(--dataset mnist --data-dir "${MNIST_DIR:-../shared/data/mnist}" --codes 
 train() {  # train OUT ARGS...: start the run in OUT, or resume it if OUT holds one
     local out=$1; shift
     local resume=(); [[ -f $out/config.json ]] && resume=(--resume)
-    structsearch train "${common[@]}" "$@" --out "$out" "${resume[@]}"
+    structsearch train "${common[@]}" "$@" --out "$out" "${resume[@]}" || echo "$out: failed (exit $?)" >&2
 }
 train runs/paper-mnist-infogan --graph independent --lambda-struct 0
 train runs/paper-mnist-independent --graph independent

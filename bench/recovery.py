@@ -40,6 +40,7 @@ from gan.latents import continuous_spec
 from gan.train import TrainConfig
 from structsearch.config import RunConfig, apply_preset
 from structsearch.datasets.shapes import GRAPHS, NODES
+from structsearch.evaluate import INFO_VERSION
 from structsearch.graph import Graph
 from structsearch.objectives import OBJECTIVES as DIRECTIONS
 from structsearch.trial import load_dataset, run_trial
@@ -49,10 +50,9 @@ OBJECTIVES = ("struct_bic", "agreement", "info", "info_min")  # label-free
 GROUND_TRUTH = ("shd", "mig", "dci")
 SETTING = ("true_graph", "form", "lambda_info", "lambda_struct", "code_prior", "noise_dim")
 COLLAPSE_INFO = 0.5  # a code whose info/cK (R^2 of Q's read-back) falls below this has collapsed
-# Rows carry the version of the info score: rows without one (the first 40 small-grid runs) used
-# the calibrated 1 - MSE/Var, which also charges Q for the scale of its output and so overstates
-# collapse; version 2 is the linear read-back R^2 (structsearch/evaluate.py).
-INFO_VERSION = 2
+# Rows carry the version of the info score (INFO_VERSION): rows without one (the first 40
+# small-grid runs) used the calibrated 1 - MSE/Var, which also charges Q for the scale of its
+# output and so overstates collapse; version 2 is the linear read-back R^2.
 
 
 # ---- graphs --------------------------------------------------------------------------------
@@ -278,7 +278,8 @@ def _fmt(x: float) -> str:
 
 def plot(rows: list[dict], path: Path) -> None:
     """One row of panels per setting, one panel per objective (and SHD): every seed's value per
-    candidate, the truth's class in red; a glance shows whether any objective singles it out."""
+    candidate (info panels: current-definition rows only), the truth's class in red; a glance
+    shows whether any objective singles it out."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -295,6 +296,8 @@ def plot(rows: list[dict], path: Path) -> None:
             ax = axes[i][j]
             for x, cand in enumerate(candidates):
                 points = [r for r in group if r["candidate"] == cand and name in r["scores"]]
+                if name.startswith("info"):  # one definition only, as in the tables
+                    points = [r for r in points if r.get("info_version") == INFO_VERSION]
                 color = "tab:red" if points and points[0]["true_class"] else "tab:blue"
                 ys = [r["scores"][name] for r in points]
                 ax.scatter([x] * len(ys), ys, color=color, s=18)
@@ -364,6 +367,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def write_summary(out: Path, rows: list[dict], grid_name: str) -> None:
     """``summary.md`` (the tables) and ``summary.png`` (every run's objectives per candidate)."""
+    if not rows:
+        (out / "summary.md").write_text(summarize(rows, grid_name))
+        return
     (out / "summary.md").write_text(summarize(rows, grid_name) + "\n![every run](summary.png)\n")
     plot(rows, out / "summary.png")
 

@@ -95,6 +95,11 @@ class LatentSpec:
         c = torch.cat(parts, dim=1) if parts else torch.zeros(batch_size, 0, device=device)
         return z, c
 
+    def text(self) -> str:
+        """The spec as :meth:`parse` reads it, e.g. ``"cat10,cont,cont;noise=62"``."""
+        codes = ",".join(f"cat{c.n_classes}" if c.kind == "categorical" else "cont" for c in self.codes)
+        return f"{codes};noise={self.noise_dim}"
+
     def describe(self) -> str:
         codes = ", ".join(f"{c.name}={c}" for c in self.codes)
         return f"{codes}; noise {self.noise_dim}"

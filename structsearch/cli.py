@@ -17,7 +17,7 @@ from pathlib import Path
 from gan.latents import get_spec
 from structsearch import config as config_mod
 from structsearch.datasets import DatasetError
-from structsearch.graph import PRESETS, GraphError, load_graph
+from structsearch.graph import PRESETS, Graph, GraphError, load_graph
 
 logger = logging.getLogger("structsearch")
 
@@ -72,11 +72,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"--resume needs --out pointing at an existing run folder (with config.json), got {args.out!r}"
             )
         cfg = config_mod.config_from_args(args, config_mod.RunConfig.load(run_dir / "config.json"))
+        if cfg.codes is None and (run_dir / "graph.json").exists():  # a run made before codes were recorded
+            cfg.codes = Graph.from_json((run_dir / "graph.json").read_text()).spec.text()
     else:
         cfg = config_mod.config_from_args(args)
     _check(cfg)
     dataset = load_dataset(cfg, _device(cfg.device))
     graph = resolve_graph(cfg, dataset)
+    cfg.codes = graph.spec.text()  # recorded, so a resume never depends on the dataset's default spec
     if run_dir is None:
         run_dir = runs_dir / f"{cfg.dataset}-{_slug(cfg.graph)}-seed{cfg.train.seed}"
     if not args.resume and (run_dir / "checkpoint.pt").exists():
@@ -162,7 +165,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from structsearch import study as study_mod
     from structsearch.drawing import draw_graph
-    from structsearch.graph import Graph
 
     storage = args.storage or study_mod.SearchConfig(study=args.study, runs_dir=args.runs_dir).storage_url()
     with _as_usage_errors(ValueError):

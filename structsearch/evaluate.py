@@ -32,6 +32,8 @@ from gan.train import evaluating
 from structsearch.graph import Graph
 from structsearch.scoring import bic, delta_bic, make_table
 
+INFO_VERSION = 2  # of the ``info`` scores: 1 was the calibrated 1 - MSE/Var (see the module doc)
+
 SampleLatents = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 # Computed for every run (cat_acc where the data has labels and the spec a categorical code).
@@ -88,9 +90,12 @@ def info_scores(spec: LatentSpec, c: torch.Tensor, q_out: torch.Tensor) -> dict[
 
 
 def readback_r2(c: torch.Tensor, q: torch.Tensor) -> float:
-    """R^2 of the least-squares line c ~ a q + b, i.e. corr(c, q)^2 (0 for a constant q)."""
+    """R^2 of the least-squares line c ~ a q + b, i.e. corr(c, q)^2 (0 for a constant q, NaN for a
+    non-finite one)."""
     c, q = c.double() - c.double().mean(), q.double() - q.double().mean()
     denom = (c @ c) * (q @ q)
+    if not torch.isfinite(denom):
+        return float("nan")
     return float((c @ q) ** 2 / denom) if denom > 0 else 0.0
 
 

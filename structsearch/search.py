@@ -177,6 +177,7 @@ def prepare(cfg: SearchConfig) -> Prepared:
     dataset = load_dataset(cfg.run)
     independent = resolve_graph(dataclasses.replace(cfg.run, graph="independent"), dataset)
     spec = independent.spec
+    cfg.run.codes = spec.text()  # stored with a new study: its trials never depend on the dataset's default spec
     check_objectives(cfg.objectives, dataset, spec)
     space = make_search_space(cfg, spec)
     study = open_study(cfg)
@@ -233,7 +234,8 @@ def run_search(
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
             cmd += ["--device", "cuda"]
         elif "OMP_NUM_THREADS" not in env:  # CPU workers share the cores instead of each taking all
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            env["OMP_NUM_THREADS"] = str(max(1, cores // n))
         procs.append(subprocess.Popen(cmd, env=env))
     codes = [p.wait() for p in procs]
     if any(codes):

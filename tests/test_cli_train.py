@@ -116,3 +116,18 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, monkeypatch, args, me
 
 def _offline(*args, **kwargs):
     raise OSError("network is unreachable")
+
+
+def test_a_run_resumes_with_its_own_codes_after_the_default_spec_changed(tmp_path, monkeypatch) -> None:
+    from gan import latents
+
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "shapes", "--preset", "tiny", "--tracking", "none", "--out", str(out)]
+    assert main([*argv, "--steps", "5"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["codes"] == latents.SPECS["shapes"].text()  # recorded at creation
+    config["codes"] = None  # as runs made before codes were recorded
+    (out / "config.json").write_text(json.dumps(config))
+    monkeypatch.setitem(latents.SPECS, "shapes", latents.continuous_spec(3, 7))  # the default moves on
+    assert main([*argv, "--resume", "--steps", "10"]) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 10

@@ -109,6 +109,10 @@ def test_real_mnist(mnist_dir):
     assert images.shape == (10000, 1, 28, 28) and images.dtype == torch.float32
     assert labels.dtype == torch.int64 and torch.bincount(labels, minlength=10).tolist() == MNIST_TEST_COUNTS
     assert images.min() == -1 and images.max() == 1
+    train, train_labels = ds.train_images()
+    assert train.shape == (60000, 1, 28, 28) and torch.equal(train_labels, ds.train_labels)
+    assert not torch.equal(train[:100], images[:100])  # the training split, not the test images
+    assert ds.train_images(5)[0].shape == (5, 1, 28, 28)
     assert ds.spec_name == "mnist" and ds.factor_names == ()
     with pytest.raises(DatasetError, match="no ground-truth factors"):
         ds.sample_factors(4, np.random.default_rng(0))

@@ -134,3 +134,8 @@ def test_param_count_counts_only_trainable() -> None:
     assert param_count(layer) == 8
     layer.bias.requires_grad_(False)
     assert param_count(layer) == 6
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_spec_text_parses_back_to_the_same_spec(name: str) -> None:
+    assert LatentSpec.parse(SPECS[name].text()) == SPECS[name]

@@ -89,6 +89,11 @@ class Dataset(ABC):
     def test_images(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The first ``n`` held-out images (all when None) in [-1, 1], and their labels (N,) or None."""
 
+    def train_images(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The first ``n`` training images (all when None) in [-1, 1] and their labels (N,) or None:
+        the fixed training split of datasets that have one (labelled ones: MNIST, Fashion-MNIST)."""
+        raise DatasetError(f"{self.name}: no fixed training split to list; draw batches with sample()")
+
     # Factor datasets only ------------------------------------------------------------------------
 
     def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -135,9 +140,9 @@ class Dataset(ABC):
 
 
 def first_n(n: int | None, total: int) -> int:
-    """How many of ``total`` held-out items a ``test_*(n)`` call returns."""
+    """How many of ``total`` items a ``test_*(n)`` or ``train_images(n)`` call returns."""
     if n is None:
         return total
     if n < 0:
-        raise DatasetError(f"asked for {n} test images; expected a count >= 0")
+        raise DatasetError(f"asked for {n} images; expected a count >= 0")
     return min(n, total)
