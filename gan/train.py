@@ -46,7 +46,7 @@ def doc_field(text: str, default, **kw):
 # `shapes` with the collider truth, 1,500 steps of the width-0.25 net, lambda_struct 1):
 # `deviance` stays the default form: `perfect_map` left the codes less recoverable (mean info by
 # the then-calibrated score 0.05 and 0.15 against 0.38 and 0.40 for deviance, per code prior)
-# with no better SHD, MIG (0.036-0.041 vs 0.045-0.051) or DCI, and ranked the truth worse
+# with no better SHD, MIG (0.036-0.041 vs 0.048-0.055) or DCI, and ranked the truth worse
 # under struct_bic in both priors. The `graph` code prior stays an option: against the
 # independent prior its only visible effect (struct_bic put the truth first in 2 of 3 seeds
 # instead of 0 of 3) is smaller than the seed spread (gap -0.07, spread 0.11). lambda_struct 1
