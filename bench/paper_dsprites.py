@@ -78,6 +78,8 @@ def summarize(rows: list[dict]) -> str:
     by_model = {m: [r for r in rows if r["model"] == m and r["status"] != "diverged"] for m in MODELS}
     scored = set().union(*(r["scores"] for rs in by_model.values() for r in rs))
     names = [m for m in (*METRICS, "dci_completeness", "info", "info_min") if m in scored]
+    if any(r.get("info_version") != INFO_VERSION for rs in by_model.values() for r in rs):
+        names = [m for m in names if not m.startswith("info")]  # never a mix of two info definitions
     r0 = rows[0]
     lines = [
         f"# dSprites: InfoGAN vs the structured model ({r0['steps']} steps, width {r0['width']}, "
