@@ -27,7 +27,7 @@ import numpy as np
 from gan.train import TrainConfig
 from structsearch.config import RunConfig, apply_preset
 from structsearch.evaluate import INFO_VERSION
-from structsearch.trial import evaluate_run, load_dataset, resolve_graph, run_trial
+from structsearch.trial import load_dataset, resolve_graph, run_trial
 
 MODELS = {"infogan": 0.0, "structured": 1.0}  # name -> lambda_struct
 METRICS = ("mig", "dci", "sap", "modularity", "factorvae", "betavae")
@@ -50,11 +50,7 @@ def run_one(model: str, seed: int, args: argparse.Namespace, dataset) -> dict:
     graph = resolve_graph(cfg, dataset)
     run_dir = Path(args.run_root) / f"{model}-seed{seed}"
     started = time.time()
-    result = run_trial(cfg, graph, dataset, run_dir, None, progress=False)
-    scores = dict(result.scores)
-    if result.status != "diverged":
-        evaluated = evaluate_run(run_dir, ",".join(METRICS), args.scale, device=args.device)
-        scores |= {k: v for k, v in evaluated.items() if not k.startswith("time/")}
+    result = run_trial(cfg, graph, dataset, run_dir, None, extra_scores=METRICS, scale=args.scale, progress=False)
     if not args.keep_runs:
         shutil.rmtree(run_dir, ignore_errors=True)
     return {
@@ -69,7 +65,7 @@ def run_one(model: str, seed: int, args: argparse.Namespace, dataset) -> dict:
         "status": result.status,
         "info_version": INFO_VERSION,
         "seconds": round(time.time() - started, 1),
-        "scores": scores,
+        "scores": result.scores,
     }
 
 

@@ -246,10 +246,16 @@ def setting_section(rows: list[dict]) -> list[str]:
     return lines + [objective_line(done, o) for o in OBJECTIVES] + [""]
 
 
-def summarize(rows: list[dict], grid_name: str) -> str:
+def by_setting(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Rows grouped by their setting (every field of SETTING), in first-seen order."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r[k] for k in SETTING), []).append(r)
+    return groups
+
+
+def summarize(rows: list[dict], grid_name: str) -> str:
+    groups = by_setting(rows)
     header = [
         f"# Recovery benchmark ({grid_name} grid, {len(rows)} runs, {len(groups)} settings)",
         "",
@@ -285,9 +291,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(tuple(r[k] for k in SETTING), []).append(r)
+    groups = by_setting(rows)
     columns = (*OBJECTIVES, "shd")
     fig, axes = plt.subplots(len(groups), len(columns), figsize=(3.0 * len(columns), 2.4 * len(groups)), squeeze=False)
     for i, group in enumerate(groups.values()):

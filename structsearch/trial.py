@@ -82,6 +82,7 @@ def run_trial(
     tags: dict[str, str] | None = None,
     resume: bool = False,
     extra_scores: Sequence[str] = (),
+    scale: float = 0.2,
     on_log: Callable[[int, dict[str, float], Trainer], bool | None] | None = None,
     progress: bool = True,
 ) -> TrialResult:
@@ -134,6 +135,7 @@ def run_trial(
                 extra_scores,
                 cfg.n_eval,
                 cfg.train.seed,
+                scale,
                 sample=trainer.sample_latents,
             )
         tracker.log_metrics(run_id, {f"score/{k}": v for k, v in scores.items()}, result.step)

@@ -222,7 +222,7 @@ def load_or_train_feature_net(
         net.load_state_dict(saved["state_dict"])
         log.info("feature net loaded from %s (test accuracy %.4f)", path, saved["test_accuracy"])
         return net.to(device).eval(), dict(test_accuracy=saved["test_accuracy"], path=str(path), cached=True)
-    if getattr(dataset, "factor_sizes", None):
+    if kind == "factors":
         rng = np.random.default_rng(seed)
         x_test, t_test = _factor_batches(dataset, 2_000, rng)()
         with torch.random.fork_rng(devices=[]):
