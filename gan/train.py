@@ -201,8 +201,9 @@ class Trainer:
         checkpoint: Callable[[Trainer], None] | None = None,
     ) -> TrainResult:
         """Train up to ``cfg.n_steps``; every ``log_every`` steps, sync once and call
-        ``callback(step, mean losses)``, which may return True to stop (a pruner).
-        ``checkpoint(self)`` runs every ``checkpoint_every`` steps and at the end."""
+        ``callback(step, mean losses)``, which may return True to stop (a pruner, a time limit)
+        before the last step.
+        ``checkpoint(self)`` runs every ``checkpoint_every`` steps, at the end, and on a stop."""
         cfg = self.cfg
         sums = torch.zeros(len(LOSS_KEYS), device=self.device)
         count = 0
@@ -225,7 +226,9 @@ class Trainer:
             means = dict(zip(LOSS_KEYS, values))
             sums.zero_()
             count = 0
-            if callback is not None and callback(self.step, means):
+            if callback is not None and callback(self.step, means) and self.step < cfg.n_steps:
+                if checkpoint is not None:  # a stopped run can be resumed from where it stopped
+                    checkpoint(self)
                 return TrainResult("stopped", self.step, f"stopped at step {self.step} by the caller", means)
             if checkpoint is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 checkpoint(self)

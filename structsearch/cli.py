@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -84,10 +85,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = runs_dir / f"{cfg.dataset}-{_slug(cfg.graph)}-seed{cfg.train.seed}"
     if not args.resume and (run_dir / "checkpoint.pt").exists():
         raise UsageError(f"{run_dir} already holds a run; pass --resume to continue it or --out NEW_FOLDER")
+    on_log = None
+    if args.max_minutes is not None:
+        if not args.max_minutes > 0:
+            raise UsageError(f"--max-minutes must be > 0, got {args.max_minutes}")
+        deadline = time.monotonic() + 60 * args.max_minutes
+        on_log = lambda step, losses, trainer: time.monotonic() > deadline  # noqa: E731
     tracker = _tracker(args.tracking, f"train-{cfg.dataset}", runs_dir)
     print(f"training {graph.key or '(no edges)'} on {cfg.dataset} ({graph.spec.describe()}) on {dataset.device}")
-    result = run_trial(cfg, graph, dataset, run_dir, tracker, resume=args.resume)
-    print(f"{result.status}: {result.message} ({result.seconds:.0f} s)")
+    result = run_trial(cfg, graph, dataset, run_dir, tracker, resume=args.resume, on_log=on_log)
+    if result.status == "stopped":
+        print(
+            f"stopped: the {args.max_minutes:g}-minute limit was reached at step {result.step} of {cfg.train.n_steps} "
+            f"(scored and checkpointed; continue with --out {run_dir} --resume)"
+        )
+    else:
+        print(f"{result.status}: {result.message} ({result.seconds:.0f} s)")
     for key, value in sorted(result.scores.items()):
         print(f"  {key:<16} {value: .4f}")
     print(f"run folder: {run_dir}  (traversals in {run_dir / 'traversals'})")
@@ -344,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--runs-dir", default="runs", help="where runs and the default MLflow store live (default: runs)")
     p.add_argument("--tracking", help="MLflow tracking URI (default: sqlite:///<runs-dir>/mlflow.db), or 'none'")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        help="stop training after this much wall time, then score, checkpoint and write traversals as usual",
+    )
     config_mod.add_config_arguments(p)
     p.set_defaults(func=cmd_train)
 

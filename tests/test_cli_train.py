@@ -101,6 +101,7 @@ def test_train_on_real_mnist(tmp_path, mnist_dir) -> None:
         (["--steps", "-3"], "--steps must be >= 0, got -3"),
         (["--dataset", "mnist", "--data-dir", "/nonexistent", "--device", "cpu"], "--data-dir"),
         (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--max-minutes", "0"], "--max-minutes must be > 0, got 0.0"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, monkeypatch, args, message) -> None:
@@ -131,3 +132,15 @@ def test_a_run_resumes_with_its_own_codes_after_the_default_spec_changed(tmp_pat
     monkeypatch.setitem(latents.SPECS, "shapes", latents.continuous_spec(3, 7))  # the default moves on
     assert main([*argv, "--resume", "--steps", "10"]) == 0
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 10
+
+
+def test_a_time_limit_stops_scores_and_checkpoints_a_run_that_resumes(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "shapes", "--preset", "tiny", "--tracking", "none", "--out", str(out)]
+    assert main([*argv, "--steps", "20", "--max-minutes", "1e-9"]) == 0  # over at the first log (step 5)
+    assert "limit was reached at step 5 of 20" in capsys.readouterr().out
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 5
+    assert json.loads((out / "scores.json").read_text())["step"] == 5
+    assert (out / "traversals" / "traversal_c1.png").exists()
+    assert main([*argv, "--resume", "--steps", "20"]) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 20

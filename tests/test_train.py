@@ -92,6 +92,19 @@ def test_callback_can_stop_training() -> None:
     assert set(seen[0][1]) == {"loss/d", "loss/g", "loss/info", "loss/struct"}
 
 
+def test_a_stopped_run_checkpoints_where_it_stopped() -> None:
+    saved = []
+    result = _trainer().run(callback=lambda step, losses: step >= 3, checkpoint=lambda t: saved.append(t.step))
+    assert result.status == "stopped" and saved == [3]
+
+
+def test_a_stop_asked_at_the_last_step_is_a_completed_run() -> None:
+    result = _trainer().run(callback=lambda step, losses: True)
+    assert result.status == "stopped" and result.step == 3
+    result = _trainer().run(callback=lambda step, losses: step >= 6)
+    assert result.status == "completed" and result.step == 6
+
+
 @pytest.mark.parametrize("form", ["likelihood", "deviance", "both"])
 def test_every_form_trains(form: str) -> None:
     result = _trainer(dataclasses.replace(TINY, struct_form=form)).run()
