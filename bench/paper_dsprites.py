@@ -82,14 +82,20 @@ def summarize(rows: list[dict]) -> str:
     if any(r.get("info_version") != INFO_VERSION for rs in by_model.values() for r in rs):
         names = [m for m in names if not m.startswith("info")]  # never a mix of two info definitions
     r0 = rows[0]
-    done = sorted({r.get("steps_done", r["steps"]) for r in rows})
+    done = {m: [r.get("steps_done", r["steps"]) for r in model_rows] for m, model_rows in by_model.items()}
+    limited = any(n != r0["steps"] for steps in done.values() for n in steps)
     lines = [
         f"# dSprites: InfoGAN vs the structured model ({r0['steps']} steps, width {r0['width']}, "
         f"metric scale {r0['scale']})",
         "",
         *(
-            [f"Time-limited runs: {', '.join(map(str, done))} steps done of {r0['steps']}.", ""]
-            if done != [r0["steps"]]
+            [
+                "Time-limited runs, steps done: "
+                + "; ".join(f"{m} {', '.join(map(str, steps))}" for m, steps in done.items())
+                + ".",
+                "",
+            ]
+            if limited
             else []
         ),
         "Mean and seed standard deviation; *verdict* says which model is ahead only when the gap of",

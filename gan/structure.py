@@ -74,7 +74,9 @@ def residual_variance(child: torch.Tensor, parents: torch.Tensor, ridge: float =
         gram = x.T @ x / n
         if ridge > 0:
             gram = gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-        beta = torch.linalg.solve(gram, x.T @ child / n)  # (P + 1,)
+        # solve_ex: no error check, so no host sync on a GPU (linalg.solve waits for the device to
+        # check for a singular gram; a singular gram gives NaNs, which the trainer reports as diverged)
+        beta = torch.linalg.solve_ex(gram, x.T @ child / n).result  # (P + 1,)
     return (child - x @ beta).pow(2).mean()
 
 
