@@ -2,7 +2,9 @@
 # Issue 7's comparisons at the paper's scale, for a session lent a GPU: one script, about 8 minutes.
 #
 #   bash bench/gpu_issue7.sh [OUT] [MINUTES]     # defaults: docs/results/paper-gpu, 3.5
+#   bash bench/gpu_bare_machine.sh               # the same on a machine with torch but not this project
 #
+# 0. The regularizer's training-speed overhead on the idle GPU (bench/train_speed.py).
 # 1. MNIST: InfoGAN vs the independent vs the entangled graph, 5,000 updates (the paper's length),
 #    InfoGAN's net and batch 128: scores, traversal and extrapolation grids.
 # 2. dSprites: InfoGAN vs the structured model, seeds 0-2, 5,000 steps of the full-width 64x64 net,
@@ -37,6 +39,11 @@ python bench/paper_dsprites.py --device "$device" --steps 20 --width 0.125 --sca
     { tail -n 30 "$out/logs/preflight-dsprites.log"; exit 1; }
 wait $! || { tail -n 30 "$out/logs/preflight-mnist.log"; exit 1; }
 echo "preflight passed"
+if [[ $device == cuda* ]]; then  # the regularizer's cost on the idle GPU (about 30 s), steps back to back
+    python bench/train_speed.py --device "$device" --steps 100 --out "$out/train_speed.json" \
+        >"$out/logs/train_speed.log" 2>&1
+    tail -n 12 "$out/logs/train_speed.log"
+fi
 
 pids=()
 for model in infogan independent entangled; do
