@@ -257,7 +257,7 @@ def by_setting(rows: list[dict]) -> dict[tuple, list[dict]]:
 def summarize(rows: list[dict], grid_name: str) -> str:
     groups = by_setting(rows)
     header = [
-        f"# Recovery benchmark ({grid_name} grid, {len(rows)} runs, {len(groups)} settings)",
+        f"# Recovery benchmark ({grid_name} grid: {len(rows)} runs done, {len(groups)} settings)",
         "",
         "Per setting: *truth class first* counts the seeds where the best candidate under the objective is",
         "Markov equivalent to the true factor graph (same skeleton and v-structures); *rho(badness, SHD)* is",
@@ -313,7 +313,8 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.tick_params(axis="y", labelsize=7)
         r0 = group[0]
         axes[i][0].set_ylabel(
-            f"{r0['form']}\nprior {r0['code_prior']}\nλs {r0['lambda_struct']} noise {r0['noise_dim']}", fontsize=7
+            f"{r0['true_graph']} truth\n{r0['form']}\nprior {r0['code_prior']}\nλs {r0['lambda_struct']} noise {r0['noise_dim']}",
+            fontsize=7,
         )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
