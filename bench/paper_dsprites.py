@@ -27,7 +27,7 @@ import numpy as np
 from gan.train import TrainConfig
 from structsearch.config import RunConfig, apply_preset
 from structsearch.evaluate import INFO_VERSION
-from structsearch.trial import load_dataset, resolve_graph, run_trial
+from structsearch.trial import load_dataset, resolve_graph, run_trial, time_limit
 
 MODELS = {"infogan": 0.0, "structured": 1.0}  # name -> lambda_struct
 METRICS = ("mig", "dci", "sap", "modularity", "factorvae", "betavae")
@@ -50,8 +50,7 @@ def run_one(model: str, seed: int, args: argparse.Namespace, dataset) -> dict:
     graph = resolve_graph(cfg, dataset)
     run_dir = Path(args.run_root) / f"{model}-seed{seed}"
     started = time.time()
-    deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else None
-    on_log = (lambda step, losses, trainer: time.monotonic() > deadline) if deadline else None
+    on_log = time_limit(args.max_minutes) if args.max_minutes else None
     result = run_trial(
         cfg, graph, dataset, run_dir, None, extra_scores=METRICS, scale=args.scale, on_log=on_log, progress=False
     )

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import logging
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -63,7 +62,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from structsearch.trial import load_dataset, resolve_graph, run_trial
+    from structsearch.trial import load_dataset, resolve_graph, run_trial, time_limit
 
     runs_dir = Path(args.runs_dir)
     run_dir = Path(args.out) if args.out else None
@@ -85,12 +84,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = runs_dir / f"{cfg.dataset}-{_slug(cfg.graph)}-seed{cfg.train.seed}"
     if not args.resume and (run_dir / "checkpoint.pt").exists():
         raise UsageError(f"{run_dir} already holds a run; pass --resume to continue it or --out NEW_FOLDER")
-    on_log = None
-    if args.max_minutes is not None:
-        if not args.max_minutes > 0:
-            raise UsageError(f"--max-minutes must be > 0, got {args.max_minutes}")
-        deadline = time.monotonic() + 60 * args.max_minutes
-        on_log = lambda step, losses, trainer: time.monotonic() > deadline  # noqa: E731
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise UsageError(f"--max-minutes must be > 0, got {args.max_minutes}")
+    on_log = time_limit(args.max_minutes) if args.max_minutes else None
     tracker = _tracker(args.tracking, f"train-{cfg.dataset}", runs_dir)
     print(f"training {graph.key or '(no edges)'} on {cfg.dataset} ({graph.spec.describe()}) on {dataset.device}")
     result = run_trial(cfg, graph, dataset, run_dir, tracker, resume=args.resume, on_log=on_log)

@@ -69,6 +69,12 @@ def graph_params(graph: Graph, possible_edges: list[tuple[str, str]] | None = No
     return {f"edge/{u}_{v}": int((u, v) in edges) for u, v in possible} | {"graph": graph.key or "(none)"}
 
 
+def time_limit(minutes: float) -> Callable[[int, dict[str, float], Trainer], bool]:
+    """An ``on_log`` for :func:`run_trial` that stops training once ``minutes`` of wall time have passed."""
+    deadline = time.monotonic() + 60 * minutes
+    return lambda step, losses, trainer: time.monotonic() > deadline
+
+
 def run_trial(
     cfg: RunConfig,
     graph: Graph,
