@@ -96,8 +96,13 @@ def markov_class(edges) -> tuple[frozenset, frozenset]:
 # ---- the grid ------------------------------------------------------------------------------
 
 
-def expand(grid: dict) -> Iterator[dict]:
-    """One dict per run: the setting, the candidate and the seed, plus the form's TrainConfig fields."""
+def expand(grid: dict | list[dict]) -> Iterator[dict]:
+    """One dict per run: the setting, the candidate and the seed, plus the form's TrainConfig fields.
+    A list of grids is the runs of each in turn (a design that changes one axis at a time)."""
+    if isinstance(grid, list):
+        for part in grid:
+            yield from expand(part)
+        return
     for true_graph, form, prior, l_struct, noise, candidate in itertools.product(
         grid["true_graphs"],
         grid["forms"],

@@ -29,11 +29,14 @@ def test_candidates_and_markov_classes(rec) -> None:
     assert rec.candidate_edges("q1->q2, q2->q3", collider) == (("q1", "q2"), ("q2", "q3"))
 
 
-def test_both_shipped_grids_expand(rec) -> None:
+def test_every_shipped_grid_expands_inside_the_full_grid(rec) -> None:
     grids = json.loads((ROOT / "bench" / "recovery.json").read_text())["grids"]
-    small, full = ({rec.run_key(r) for r in rec.expand(grids[g])} for g in ("small", "full"))
-    assert len(small) == 50 and len(full) == 1800
-    assert small <= full  # the full grid reuses the small grid's rows
+    keys = {name: [rec.run_key(r) for r in rec.expand(grid)] for name, grid in grids.items()}
+    sizes = {name: len(k) for name, k in keys.items()}
+    assert sizes == {"small": 50, "chain_fork": 30, "forms": 30, "ablations": 55, "full": 1800}
+    for name, k in keys.items():
+        assert len(set(k)) == len(k), name  # no run twice
+        assert set(k) <= set(keys["full"]), name  # the full grid reuses every smaller grid's rows
 
 
 def test_tiny_benchmark_writes_rows_and_a_summary_and_resumes(rec, tmp_path, capsys) -> None:
