@@ -42,16 +42,19 @@ def doc_field(text: str, default, **kw):
     return field(default=default, metadata={"help": text, **kw})
 
 
-# Defaults of the regularizer, from the recovery benchmark (issue 7; docs/results.md, 50 runs on
-# `shapes` with the collider truth, 1,500 steps of the width-0.25 net, lambda_struct 1):
-# `deviance` stays the default form: `perfect_map` left the codes less recoverable (mean info by
-# the then-calibrated score 0.05 and 0.15 against 0.38 and 0.40 for deviance, per code prior)
-# with no better SHD, MIG (0.036-0.041 vs 0.048-0.055) or DCI, and ranked the truth worse
-# under struct_bic in both priors. The `graph` code prior stays an option: against the
-# independent prior its only visible effect (struct_bic put the truth first in 2 of 3 seeds
-# instead of 0 of 3) is smaller than the seed spread (gap -0.07, spread 0.11). lambda_struct 1
-# and floor 0.05 were not varied there (the `full` grid, 1,800 runs, needs a GPU); they stay as
-# DESIGN section 3 set them (the floor caps the likelihood form's reward at 1.5 nats a node).
+# Defaults of the regularizer, from the recovery benchmark (issue 7; docs/results.md: 110 runs on
+# `shapes`, collider, chain and fork truths, 1,500 steps of the width-0.25 net, lambda_struct 1).
+# No form lets a label-free objective find the true graph (struct_bic put it first in 4 of 22
+# seeds where chance gives 5), so the default form is the one that misleads a search least:
+# under struct_bic with the collider truth, `deviance` leaves the truth's gap inside the seed
+# spread (-0.05, spread 0.08) while `likelihood` and `both` rank it worse beyond the spread
+# (-0.19 vs 0.11, -0.14 vs 0.10) and `perfect_map` ranks it worse and left the codes less
+# recoverable. MIG (0.036-0.057) and DCI (0.006-0.015) do not separate the forms. `likelihood`
+# with floor 0.05 did not collapse codes (0/15) and keeps them the most readable (read-back R^2
+# 0.90 vs 0.74-0.76 for deviance): a sound choice for training one graph for its codes. The
+# `graph` code prior stays an option: its only visible effect (struct_bic truth-first 2/3
+# instead of 0/3) is inside the seed spread (gap -0.07, spread 0.11). The floor was not varied;
+# lambda_struct 0.1 is in the ablations grid (docs/results.md says how much of it ran).
 @dataclass
 class TrainConfig:
     """Everything that decides what a training run computes (saved with every run)."""
