@@ -42,11 +42,11 @@ def doc_field(text: str, default, **kw):
     return field(default=default, metadata={"help": text, **kw})
 
 
-# Defaults of the regularizer, from the recovery benchmark (issue 7; docs/results.md: 125 runs on
+# Defaults of the regularizer, from the recovery benchmark (issue 7; docs/results.md: 140 runs on
 # `shapes`, collider, chain and fork truths, 1,500 steps of the width-0.25 net, lambda_struct 1
 # unless said).
-# No form lets a label-free objective find the true graph (struct_bic put it first in 4 of 22
-# seeds where chance gives 5), so the default form is the one that misleads a search least:
+# No form lets a label-free objective find the true graph (struct_bic put it first in 8 of 28
+# seeds where chance gives 6.2), so the default form is the one that misleads a search least:
 # under struct_bic with the collider truth, `deviance` leaves the truth's gap inside the seed
 # spread (-0.05, spread 0.08) while `likelihood` and `both` rank it worse beyond the spread
 # (-0.19 vs 0.11, -0.14 vs 0.10) and `perfect_map` ranks it worse and left the codes less
