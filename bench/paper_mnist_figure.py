@@ -23,10 +23,14 @@ MODELS = ("infogan", "independent", "entangled")
 TITLES = {"infogan": "InfoGAN (λ_struct 0)", "independent": "independent graph", "entangled": "entangled: q2, q3 -> q4"}
 
 
+def model_name(run: Path) -> str:
+    return run.name.removeprefix("paper-mnist-")
+
+
 def figure(runs: list[Path], codes: list[str], suffix: str, path: Path) -> None:
     fig, axes = plt.subplots(len(codes), len(runs), figsize=(3.2 * len(runs), 2.9 * len(codes)), squeeze=False)
     for j, run in enumerate(runs):
-        model = run.name.removeprefix("paper-mnist-")
+        model = model_name(run)
         for i, code in enumerate(codes):
             ax = axes[i][j]
             ax.imshow(mpimg.imread(run / "traversals" / f"traversal_{code}{suffix}.png"), cmap="gray")
@@ -55,9 +59,7 @@ def main() -> None:
     figure(runs, codes, "", out / "mnist_traversals.png")
     figure(runs, codes, "_extrapolate", out / "mnist_extrapolate.png")
     for run in runs:
-        shutil.copy(
-            run / "traversals" / "traversal_c1.png", out / f"mnist_c1_{run.name.removeprefix('paper-mnist-')}.png"
-        )
+        shutil.copy(run / "traversals" / "traversal_c1.png", out / f"mnist_c1_{model_name(run)}.png")
 
 
 if __name__ == "__main__":

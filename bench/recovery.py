@@ -228,7 +228,7 @@ def setting_section(rows: list[dict]) -> list[str]:
     current = [r for r in done if r.get("info_version") == INFO_VERSION]
     collapsed = [r for r in current if min_info(r) < COLLAPSE_INFO]
     truth_rows = [r for r in done if r["candidate"] == "truth"]
-    n_true = len({r["candidate"] for r in rows if r["true_class"]})
+    n_cand, n_true = len(_candidates(rows)), len({r["candidate"] for r in rows if r["true_class"]})
     gt = ", ".join(
         f"{m} {_fmt(np.mean([r['scores'][m] for r in truth_rows]))}"
         for m in ("mig", "dci")
@@ -237,7 +237,7 @@ def setting_section(rows: list[dict]) -> list[str]:
     lines = [
         f"### {title}",
         "",
-        f"{len(rows)} runs ({len(_candidates(rows))} candidates x {len({r['seed'] for r in rows})} seeds), "
+        f"{len(rows)} runs ({n_cand} candidates x {len({r['seed'] for r in rows})} seeds), "
         f"{len(rows) - len(done)} diverged, collapse rate {len(collapsed)}/{len(current)}"
         + (
             f" ({len(done) - len(current)} runs scored with the old calibrated info left out)"
@@ -245,8 +245,8 @@ def setting_section(rows: list[dict]) -> list[str]:
             else ""
         )
         + (f"; the true graph's {gt}" if gt else "")
-        + f". The true class holds {n_true} of the {len(_candidates(rows))} candidates: a random ranking puts it"
-        + f" first in {n_true / len(_candidates(rows)):.0%} of seeds.",
+        + f". The true class holds {n_true} of the {n_cand} candidates: a random ranking puts it"
+        + f" first in {n_true / n_cand:.0%} of seeds.",
         "",
         "| objective | truth class first | rho(badness, SHD) | gap | seed std | verdict |",
         "|---|---|---|---|---|---|",
