@@ -26,8 +26,8 @@ import numpy as np
 
 from gan.train import TrainConfig
 from structsearch.config import RunConfig, apply_preset
-from structsearch.evaluate import INFO_VERSION
-from structsearch.trial import load_dataset, resolve_graph, run_trial, time_limit
+from structsearch.scores import INFO_VERSION
+from structsearch.trial import Recorder, load_dataset, resolve_graph, run_trial, time_limit
 
 MODELS = {"infogan": 0.0, "structured": 1.0}  # name -> lambda_struct
 METRICS = ("mig", "dci", "sap", "modularity", "factorvae", "betavae")
@@ -52,7 +52,7 @@ def run_one(model: str, seed: int, args: argparse.Namespace, dataset) -> dict:
     started = time.time()
     on_log = time_limit(args.max_minutes) if args.max_minutes else None
     result = run_trial(
-        cfg, graph, dataset, run_dir, None, extra_scores=METRICS, scale=args.scale, on_log=on_log, progress=False
+        cfg, graph, dataset, Recorder(run_dir), extra_scores=METRICS, scale=args.scale, on_log=on_log, progress=False
     )
     if not args.keep_runs:
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -38,12 +38,12 @@ from scipy.stats import spearmanr
 
 from gan.latents import continuous_spec
 from gan.train import TrainConfig
+from structsearch import scores
 from structsearch.config import RunConfig, apply_preset
 from structsearch.datasets.shapes import GRAPHS, NODES
-from structsearch.evaluate import INFO_VERSION
 from structsearch.graph import Graph
-from structsearch.objectives import OBJECTIVES as DIRECTIONS
-from structsearch.trial import load_dataset, run_trial
+from structsearch.scores import INFO_VERSION
+from structsearch.trial import Recorder, load_dataset, run_trial
 
 Edge = tuple[str, str]
 OBJECTIVES = ("struct_bic", "agreement", "info", "info_min")  # label-free
@@ -158,7 +158,7 @@ def run_one(run: dict, training: dict, datasets: dict, run_root: Path, device: s
     run_dir = run_root / hashlib.sha1(run_key(run).encode()).hexdigest()[:12]
     ground_truth = training.get("ground_truth", GROUND_TRUTH)
     result = run_trial(
-        cfg, graph, datasets[run["true_graph"]], run_dir, None, extra_scores=ground_truth, progress=False
+        cfg, graph, datasets[run["true_graph"]], Recorder(run_dir), extra_scores=ground_truth, progress=False
     )
     if not keep:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -179,7 +179,7 @@ def run_one(run: dict, training: dict, datasets: dict, run_root: Path, device: s
 def badness(row: dict, objective: str) -> float:
     """The objective oriented so that lower is better (NaN when missing)."""
     value = row["scores"].get(objective, math.nan)
-    return -value if DIRECTIONS[objective] == "maximize" else value
+    return -value if scores.direction(objective) == "maximize" else value
 
 
 def objective_line(rows: list[dict], objective: str) -> str:
@@ -315,7 +315,7 @@ def plot(rows: list[dict], path: Path) -> None:
                 ax.scatter([x] * len(ys), ys, color=color, s=18)
                 if ys:
                     ax.hlines(np.mean(ys), x - 0.3, x + 0.3, color=color)
-            better = "" if name == "shd" else f" ({'higher' if DIRECTIONS[name] == 'maximize' else 'lower'} wins)"
+            better = "" if name == "shd" else f" ({'higher' if scores.direction(name) == 'maximize' else 'lower'} wins)"
             ax.set_title(name + better, fontsize=8)
             ax.set_xticks(range(len(candidates)), candidates, rotation=35, fontsize=7, ha="right")
             ax.tick_params(axis="y", labelsize=7)

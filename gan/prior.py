@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gan.dag import parents_order
 from gan.latents import LatentSpec
 
 _ROOT_VAR = 1 / 3  # Var Uniform(-1, 1)
@@ -70,35 +71,20 @@ class CodePrior:
 
 def linear_scm(spec: LatentSpec, parents: Mapping[str, Sequence[str]]) -> tuple[Mechanism, ...]:
     """The mechanisms of the continuous codes that have continuous q-parents, in topological order."""
-    continuous = {i for i, code in enumerate(spec.codes) if code.kind == "continuous"}
-    pa = {
-        v: tuple(int(u[1:]) - 1 for u in parents.get(f"q{v + 1}", ()) if u[0] == "q" and int(u[1:]) - 1 in continuous)
-        for v in continuous
-    }
+    continuous = [f"q{i + 1}" for i, code in enumerate(spec.codes) if code.kind == "continuous"]
+    pa = {v: [int(u[1:]) - 1 for u in parents.get(v, ()) if u in continuous] for v in continuous}
     columns = [sum(c.dim for c in spec.codes[:i]) for i in range(len(spec.codes))]
     cov = torch.zeros(len(spec.codes), len(spec.codes), dtype=torch.float64)  # of the unclipped codes
     mechanisms = []
-    for v in _order(pa):
-        k = len(pa[v])
+    for node in parents_order({v: [f"q{u + 1}" for u in ps] for v, ps in pa.items()}):
+        v, k = int(node[1:]) - 1, len(pa[node])
         cov[v, v] = _ROOT_VAR
         if k == 0:
             continue
-        signal_var = cov[list(pa[v])][:, list(pa[v])].sum().item()
+        signal_var = cov[pa[node]][:, pa[node]].sum().item()
         weight = math.sqrt(k / (k + 1) * _ROOT_VAR / signal_var)
         noise_scale = 1 / math.sqrt(k + 1)
-        cov[v, :] = cov[:, v] = weight * cov[list(pa[v])].sum(0)
+        cov[v, :] = cov[:, v] = weight * cov[pa[node]].sum(0)
         cov[v, v] = _ROOT_VAR
-        mechanisms.append(Mechanism(columns[v], tuple(columns[u] for u in pa[v]), weight, noise_scale))
+        mechanisms.append(Mechanism(columns[v], tuple(columns[u] for u in pa[node]), weight, noise_scale))
     return tuple(mechanisms)
-
-
-def _order(parents: Mapping[int, Sequence[int]]) -> list[int]:
-    """Kahn's algorithm, smallest index first; ValueError naming the codes of a cycle."""
-    order: list[int] = []
-    while len(order) < len(parents):
-        ready = [v for v in sorted(parents) if v not in order and set(parents[v]) <= set(order)]
-        if not ready:
-            stuck = ", ".join(f"q{v + 1}" for v in sorted(parents) if v not in order)
-            raise ValueError(f"the code prior's graph has a cycle through {stuck}")
-        order.append(ready[0])
-    return order

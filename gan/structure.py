@@ -44,6 +44,7 @@ Forms (strings, so the list may grow):
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -51,10 +52,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from gan.dag import parents_order
 from gan.latents import LatentSpec
 
 Form = Literal["likelihood", "deviance", "both", "perfect_map"]
-FORMS: tuple[str, ...] = ("likelihood", "deviance", "both", "perfect_map")
+FORMS: tuple[str, ...] = typing.get_args(Form)
 Edge = tuple[str, str]
 _HALF_LOG_2PI_E = 0.5 * math.log(2 * math.pi) + 0.5
 
@@ -158,7 +160,7 @@ class StructuralLoss:
         pa = {q: tuple(parents.get(q, ())) for q in q_nodes}
         c_nodes = [f"c{i + 1}" for i in range(len(spec.codes))]
         self.families = []
-        for position, v in enumerate(order := _topological(pa, q_nodes)):
+        for position, v in enumerate(order := parents_order(pa)):
             categorical = spec.code(v).kind == "categorical"
             full = tuple(
                 u for u in c_nodes + list(order[:position]) if not categorical or spec.code(u).kind == "categorical"
@@ -237,18 +239,3 @@ def _standardize(x: torch.Tensor) -> torch.Tensor:
     """(B, 1) -> zero mean, unit variance over the batch; a constant column becomes 0, not NaN."""
     x = x - x.mean(0, keepdim=True)
     return x / torch.sqrt(x.pow(2).mean(0, keepdim=True) + 1e-8)
-
-
-def _topological(parents: Mapping[str, Sequence[str]], q_nodes: Sequence[str]) -> list[str]:
-    """Kahn's algorithm over the q nodes, smallest index first (deterministic)."""
-    pending = {v: {u for u in parents[v] if u.startswith("q")} for v in q_nodes}
-    order: list[str] = []
-    while pending:
-        ready = [v for v in q_nodes if v in pending and not pending[v]]
-        if not ready:
-            raise ValueError(f"the q part of the graph has a cycle among {sorted(pending)}")
-        order.append(ready[0])
-        del pending[ready[0]]
-        for deps in pending.values():
-            deps.discard(ready[0])
-    return order

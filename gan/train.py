@@ -16,9 +16,11 @@ device without a sync).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from gan.latents import LatentSpec
 from gan.losses import d_loss, g_loss, info_loss
 from gan.models import build_models
 from gan.prior import CodePrior
-from gan.structure import FORMS, StructuralLoss
+from gan.structure import Form, StructuralLoss
 
 logger = logging.getLogger(__name__)
 
@@ -42,25 +44,27 @@ def doc_field(text: str, default, **kw):
     return field(default=default, metadata={"help": text, **kw})
 
 
-# Defaults of the regularizer, from the recovery benchmark (issue 7; docs/results.md: 140 runs on
-# `shapes`, collider, chain and fork truths, 1,500 steps of the width-0.25 net, lambda_struct 1
-# unless said).
-# No form lets a label-free objective find the true graph (struct_bic put it first in 8 of 28
-# seeds where chance gives 6.2), so the default form is the one that misleads a search least:
-# under struct_bic with the collider truth, `deviance` leaves the truth's gap inside the seed
-# spread (-0.05, spread 0.08) while `likelihood` and `both` rank it worse beyond the spread
-# (-0.19 vs 0.11, -0.14 vs 0.10) and `perfect_map` ranks it worse and left the codes less
-# recoverable. MIG (0.036-0.057) and DCI (0.006-0.015) do not separate the forms. `likelihood`
-# with floor 0.05 did not collapse codes (0/15) and keeps them the most readable (read-back R^2
-# 0.90 vs 0.74-0.76 for deviance): a sound choice for training one graph for its codes. The
-# `graph` code prior stays an option: its only visible effect (struct_bic truth-first 2/3
-# instead of 0/3) is inside the seed spread (gap -0.07, spread 0.11). The floor was not varied.
-# lambda_struct is 0.1 (was 1): against 1 (collider, deviance, independent prior, 15 runs each)
-# the codes line up with the factors twice as well (MIG 0.105 +- 0.038 vs 0.048 +- 0.026; seed
-# means 0.095-0.122 vs 0.043-0.052), DCI 0.040 vs 0.014, read-back R^2 0.94 vs 0.70, and no
-# candidate graph is then ranked above the truth beyond the spread (struct_bic gap -0.002,
-# spread 0.03): the search says "cannot tell" instead of preferring a wrong graph.
-@dataclass
+CodePriorKind = Literal["independent", "graph"]
+GanLoss = Literal["bce", "lsgan"]
+Precision = Literal["fp32", "bf16"]
+
+
+def choices_of(cls: type, name: str) -> tuple[str, ...]:
+    """The values a ``Literal`` field of dataclass ``cls`` accepts (empty for any other field)."""
+    hint = typing.get_type_hints(cls)[name]
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+
+
+def check_choices(obj) -> None:
+    """Refuse a ``Literal`` field of a dataclass whose value is not one of its choices."""
+    for f in dataclasses.fields(obj):
+        choices, value = choices_of(type(obj), f.name), getattr(obj, f.name)
+        if choices and value not in choices:
+            raise ValueError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+# Why each default is what it is: docs/results.md, "Defaults, from the evidence" (the recovery benchmark).
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides what a training run computes (saved with every run)."""
 
@@ -70,21 +74,25 @@ class TrainConfig:
     lr_d: float = doc_field("Adam learning rate of D and Q (InfoGAN: 2e-4)", 2e-4)
     beta1: float = doc_field("Adam beta1", 0.5)
     lambda_info: float = doc_field("weight of InfoGAN's information term", 1.0)
+    # 0.1, not 1: codes line up with the factors twice as well (docs/results.md, "Defaults").
     lambda_struct: float = doc_field("weight of the structural regularizer R_G (0: plain InfoGAN)", 0.1)
-    struct_form: str = doc_field("form of R_G", "deviance", choices=FORMS)
+    # deviance: the form that misleads a graph search least (docs/results.md, "Defaults").
+    struct_form: Form = doc_field("form of R_G", "deviance")
     struct_floor: float = doc_field("floor of the fitted variance, standardized units", 0.05)
     struct_edge_cap: float = doc_field("perfect_map: the most reward one edge earns, in nats", 1.0)
-    code_prior: str = doc_field(
+    code_prior: CodePriorKind = doc_field(
         "prior of the codes fed to G: independent (InfoGAN) or a linear SCM over the graph's q->q edges",
         "independent",
-        choices=("independent", "graph"),
     )
-    gan_loss: str = doc_field("adversarial loss", "bce", choices=("bce", "lsgan"))
+    gan_loss: GanLoss = doc_field("adversarial loss", "bce")
     width: float = doc_field("width multiplier of every hidden layer", 1.0)
-    precision: str = doc_field("fp32, or bf16 autocast (R_G's solve stays fp32)", "fp32", choices=("fp32", "bf16"))
+    precision: Precision = doc_field("fp32, or bf16 autocast (R_G's solve stays fp32)", "fp32")
     seed: int = doc_field("seed of weights, data order and latent draws", 0)
     log_every: int = doc_field("steps between logged losses (and host syncs)", 50)
     checkpoint_every: int = doc_field("steps between checkpoints (0: only at the end)", 500)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
 
 
 @dataclass
@@ -93,23 +101,6 @@ class TrainResult:
     step: int
     message: str = ""
     losses: dict[str, float] = field(default_factory=dict)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU; use --device cpu or auto")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' asked for, but this torch build has no MPS; use --device cpu or auto")
-    if name not in ("cpu", "mps") and not name.startswith("cuda"):
-        raise ValueError(f"unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps")
-    return torch.device(name)
 
 
 class Trainer:
@@ -135,8 +126,6 @@ class Trainer:
         device: torch.device,
     ) -> None:
         self.cfg, self.spec, self.sample_real, self.device = cfg, spec, sample_real, device
-        if cfg.code_prior not in ("independent", "graph"):
-            raise ValueError(f"unknown code prior {cfg.code_prior!r}; expected independent or graph")
         torch.manual_seed(cfg.seed)  # weight init
         self.G, self.D = (m.to(device) for m in build_models(spec, image_shape, cfg.width))
         self.prior = CodePrior(spec, parents if cfg.code_prior == "graph" else None)

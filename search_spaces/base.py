@@ -9,9 +9,10 @@ section 5). Constraints are applied inside the space, never by rejecting proposa
 * ``cross_edges`` allows ``ci -> qj`` for ``i != j``;
 * the categorical rule (a categorical q node has no continuous parent) always holds.
 
-Every proposal is still checked once more: building the :class:`Graph` validates it, the space
-re-checks the constraints (a violation is a bug in the space, hence ``RuntimeError``), and the
-pgmpy ``DAG`` is built as the reference acyclicity check.
+Every proposal is checked once more: building the :class:`Graph` validates it (acyclicity
+included, once), and the space re-checks the constraints (a violation is a bug in the space,
+hence ``RuntimeError``). The tests hold every space's proposals against pgmpy's ``DAG``, the
+reference validator.
 
 Parameter names are stable so that studies resume and samplers learn: ``prio_q2`` (priority of a
 q node), ``edge_q1_q3`` (an unordered q pair, smaller index first), ``edge_c1_q3`` (an input
@@ -29,7 +30,6 @@ import optuna
 
 from gan.latents import LatentSpec
 from structsearch.graph import Edge, Graph, GraphError, node_order
-from structsearch.scoring import to_pgmpy
 
 GRAPH_PARAM = "graph"
 BOOL_CHOICES = (False, True)
@@ -199,7 +199,6 @@ class SearchSpace(ABC):
         problems = self.constraints.violations(graph)
         if problems:  # the space is built to make this impossible
             raise RuntimeError(f"search space {self.name!r} proposed {graph.key!r}, which {'; '.join(problems)}")
-        to_pgmpy(graph)  # pgmpy refuses a cycle itself: the reference validator
         return graph
 
     @abstractmethod

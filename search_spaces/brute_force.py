@@ -14,8 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 
-import networkx as nx
-
+from gan.dag import is_acyclic
 from gan.latents import LatentSpec
 from search_spaces.base import Constraints, q_parent_counts, sorted_edges
 from search_spaces.candidates import CandidatesSpace
@@ -62,7 +61,7 @@ def enumerate_dags(spec: LatentSpec, constraints: Constraints | None = None) -> 
     graphs = []
     for choice in itertools.product(*pairs):
         q_edges = [e for e in choice if e is not None]
-        if not nx.is_directed_acyclic_graph(nx.DiGraph(q_edges + list(required))):
+        if not is_acyclic(q_edges + list(required)):
             continue
         if cap is not None and any(len(ps) > cap for ps in q_parent_counts(q_edges + list(required)).values()):
             continue

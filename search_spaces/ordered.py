@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from abc import abstractmethod
 
-import networkx as nx
 import optuna
 
+from gan.dag import topological_order
 from gan.latents import LatentSpec
 from search_spaces.base import (
     BOOL_CHOICES,
@@ -120,21 +120,15 @@ class OrderedSpace(OrientedSpace):
 
     def _order(self, trial: optuna.trial.BaseTrial) -> tuple[str, ...]:
         prio = {q: float(trial.suggest_float(prio_param(q), 0.0, 1.0)) for q in self.q_nodes}
-        before = self._precedence()
-        placed: list[str] = []
-        while len(placed) < len(self.q_nodes):
-            ready = [v for v in self.q_nodes if v not in placed and all(u in placed for u, w in before if w == v)]
-            placed.append(min(ready, key=lambda v: (prio[v], node_order(v))))
-        return tuple(placed)
+        return tuple(topological_order(self.q_nodes, self._precedence(), key=lambda v: (prio[v], node_order(v))))
 
     def params_for(self, graph: Graph) -> dict[str, object] | None:
         if graph.spec != self.spec or self.constraints.violations(graph):
             return None
-        dag = graph.q_subgraph()
-        dag.add_edges_from(self._precedence())
-        if not nx.is_directed_acyclic_graph(dag):
+        try:
+            order = topological_order(self.q_nodes, list(graph.q_edges) + self._precedence())
+        except ValueError:  # the graph contradicts the precedence rules: this space cannot express it
             return None
-        order = list(nx.lexicographical_topological_sort(dag, key=node_order))
         n = len(order)
         params: dict[str, object] = {prio_param(q): (order.index(q) + 0.5) / n for q in self.q_nodes}
         params.update(self._edge_params(graph))

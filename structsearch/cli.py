@@ -62,7 +62,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from structsearch.trial import load_dataset, resolve_graph, run_trial, time_limit
+    from structsearch.trial import Recorder, load_dataset, resolve_graph, run_trial, time_limit
 
     runs_dir = Path(args.runs_dir)
     run_dir = Path(args.out) if args.out else None
@@ -71,15 +71,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--resume needs --out pointing at an existing run folder (with config.json), got {args.out!r}"
             )
-        cfg = config_mod.config_from_args(args, config_mod.RunConfig.load(run_dir / "config.json"))
-        if cfg.codes is None and (run_dir / "graph.json").exists():  # a run made before codes were recorded
-            cfg.codes = Graph.from_json((run_dir / "graph.json").read_text()).spec.text()
+        with _as_usage_errors(ValueError):
+            base = config_mod.RunConfig.load(run_dir / "config.json")
+        if base.codes is None and (run_dir / "graph.json").exists():  # a run made before codes were recorded
+            base = dataclasses.replace(base, codes=Graph.from_json((run_dir / "graph.json").read_text()).spec.text())
+        cfg = _config(args, base)
     else:
-        cfg = config_mod.config_from_args(args)
-    _check(cfg)
+        cfg = _config(args)
     dataset = load_dataset(cfg, _device(cfg.device))
     graph = resolve_graph(cfg, dataset)
-    cfg.codes = graph.spec.text()  # recorded, so a resume never depends on the dataset's default spec
+    cfg = dataclasses.replace(cfg, codes=graph.spec.text())  # recorded: a resume never depends on the dataset's default
     if run_dir is None:
         run_dir = runs_dir / f"{cfg.dataset}-{_slug(cfg.graph)}-seed{cfg.train.seed}"
     if not args.resume and (run_dir / "checkpoint.pt").exists():
@@ -89,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     on_log = time_limit(args.max_minutes) if args.max_minutes else None
     tracker = _tracker(args.tracking, f"train-{cfg.dataset}", runs_dir)
     print(f"training {graph.key or '(no edges)'} on {cfg.dataset} ({graph.spec.describe()}) on {dataset.device}")
-    result = run_trial(cfg, graph, dataset, run_dir, tracker, resume=args.resume, on_log=on_log)
+    result = run_trial(cfg, graph, dataset, Recorder(run_dir, tracker), resume=args.resume, on_log=on_log)
     if result.status == "stopped":
         print(
             f"stopped: the {args.max_minutes:g}-minute limit was reached at step {result.step} of {cfg.train.n_steps} "
@@ -110,11 +111,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
     from structsearch import search
     from structsearch import study as study_mod
-    from structsearch.objectives import direction
+    from structsearch.scores import direction
 
     optuna.logging.set_verbosity(optuna.logging.DEBUG if args.verbose else optuna.logging.WARNING)
-    run = config_mod.config_from_args(args)
-    _check(run)
+    run = _config(args)
     study = args.study or f"{run.dataset}-{args.space}"
     cfg = study_mod.SearchConfig(
         study=study,
@@ -226,7 +226,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     if not (run_dir / "config.json").exists():
         raise UsageError(f"{run_dir} is not a run folder (no config.json); give the folder `structsearch train` wrote")
-    cfg = config_mod.RunConfig.load(run_dir / "config.json")
+    with _as_usage_errors(ValueError):
+        cfg = config_mod.RunConfig.load(run_dir / "config.json")
     tracker = None
     if args.tracking != "none" and (run_dir / "run.json").exists():
         import json
@@ -282,19 +283,19 @@ def _as_usage_errors(*kinds: type[Exception]):
         raise UsageError(str(err)) from None
 
 
-def _check(cfg) -> None:
+def _config(args: argparse.Namespace, base: config_mod.RunConfig | None = None) -> config_mod.RunConfig:
+    """The run config of a command line (a config validates itself when built)."""
     try:
-        config_mod.check(cfg)
+        cfg = config_mod.config_from_args(args, base)
         get_spec(cfg.codes) if cfg.codes else None
     except ValueError as err:
         raise UsageError(str(err)) from None
+    return cfg
 
 
 def _device(name: str):
-    from gan.train import resolve_device
-
     try:
-        return resolve_device(name)
+        return config_mod.resolve_device(name)
     except ValueError as err:
         raise UsageError(str(err)) from None
 

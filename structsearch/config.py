@@ -11,14 +11,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gan.train import TrainConfig, doc_field
+import torch
+
+from gan.train import TrainConfig, choices_of, doc_field
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     """What one training run trains on and where its results go."""
 
@@ -33,11 +36,13 @@ class RunConfig:
     device: str = doc_field("auto, cpu, cuda, cuda:N or mps", "auto")
     n_eval: int = doc_field("held-out real / fresh generated samples for the scores", 2000)
     shapes_graph: str = doc_field(
-        "true factor graph of the synthetic `shapes` set",
+        "true factor graph of the synthetic `shapes` set: collider, chain, fork, independent, or edges like 'q2->q1, q2->q3'",
         "collider",
-        choices=("collider", "chain", "fork", "independent"),
     )
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        check(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,7 +93,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
                 dest=f.name,
                 type=kind,
                 default=None,
-                choices=f.metadata.get("choices"),
+                choices=choices_of(cls, f.name) or None,
                 help=f"{f.metadata.get('help', '')} (default: {f.default})",
             )
 
@@ -107,7 +112,8 @@ def _given(args: argparse.Namespace, cls) -> dict[str, Any]:
 
 
 def check(cfg: RunConfig) -> None:
-    """Refuse impossible values with a message naming the value and what is accepted."""
+    """Refuse impossible values with a message naming the value and what is accepted (each
+    RunConfig checks itself when it is built)."""
     t = cfg.train
     rules = [
         (t.n_steps >= 0, f"--steps must be >= 0, got {t.n_steps}"),
@@ -119,7 +125,29 @@ def check(cfg: RunConfig) -> None:
         (t.log_every >= 1, f"--log-every must be >= 1, got {t.log_every}"),
         (t.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {t.checkpoint_every}"),
         (cfg.n_eval >= 10, f"--n-eval must be >= 10, got {cfg.n_eval}"),
+        (_DEVICE.fullmatch(cfg.device) is not None, f"unknown device {cfg.device!r}; expected {DEVICES}"),
     ]
     for ok, message in rules:
         if not ok:
             raise ValueError(message)
+
+
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; a device this machine lacks is refused by name."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if _DEVICE.fullmatch(name) is None:
+        raise ValueError(f"unknown device {name!r}; expected {DEVICES}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' asked for, but this torch build has no MPS; use --device cpu or auto")
+    return torch.device(name)

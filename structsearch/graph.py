@@ -23,19 +23,14 @@ from pathlib import Path
 
 import networkx as nx
 
+from gan.dag import Edge, find_cycle, node_order, topological_order
 from gan.latents import LatentSpec, get_spec
 
-Edge = tuple[str, str]
 _NODE = re.compile(r"([cq])([1-9]\d*)")
 
 
 class GraphError(ValueError):
     """A graph the rules refuse; the message is one line naming what is wrong."""
-
-
-def node_order(node: str) -> tuple[int, int]:
-    """Sort key: c nodes before q nodes, then by index (q2 before q10)."""
-    return (0 if node[0] == "c" else 1, int(node[1:]))
 
 
 @dataclass(frozen=True)
@@ -83,7 +78,7 @@ class Graph:
 
     def topological_q_order(self) -> tuple[str, ...]:
         """A topological order of the q nodes, ties broken by index (deterministic)."""
-        return tuple(nx.lexicographical_topological_sort(self.q_subgraph(), key=node_order))
+        return tuple(topological_order(self.q_nodes, self.q_edges))
 
     def q_subgraph(self) -> nx.DiGraph:
         g = nx.DiGraph()
@@ -218,15 +213,9 @@ def _validate(spec: LatentSpec, edges: tuple[Edge, ...]) -> None:
                 f"edge {u}->{v}: categorical node {v} cannot have continuous parent {u} "
                 f"(conditional linear Gaussian networks allow only categorical parents of a categorical node)"
             )
-    g = nx.DiGraph(edges)
-    try:
-        cycle = nx.find_cycle(g)
-    except nx.NetworkXNoCycle:
-        return
-    nodes = [u for u, _ in cycle]
-    start = nodes.index(min(nodes, key=node_order))  # name the cycle from its smallest node
-    path = nodes[start:] + nodes[:start] + [nodes[start]]
-    raise GraphError(f"cycle {' -> '.join(path)}; the graph must be acyclic (drop or reverse one of its edges)")
+    cycle = find_cycle(edges)
+    if cycle:
+        raise GraphError(f"cycle {' -> '.join(cycle)}; the graph must be acyclic (drop or reverse one of its edges)")
 
 
 # ---- presets -------------------------------------------------------------------------------

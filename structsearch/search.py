@@ -1,6 +1,6 @@
 """The search over graphs: one Optuna trial = one graph = one call of ``run_trial``.
 
-DESIGN.md section 5. The study itself (config, storage, sampler, ranking) is :mod:`structsearch.study`.
+docs/design.md section 5. The study itself (config, storage, sampler, ranking) is :mod:`structsearch.study`.
 
 * Seeds: on a new study, the ``independent`` graph and every ``--seed-graph`` are enqueued first.
 * Duplicates: a graph already completed in the study (same canonical key) is not trained again;
@@ -30,9 +30,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from search_spaces import SearchSpace
-from structsearch.evaluate import BASE_SCORES, compute_scores
-from structsearch.graph import Graph, load_graph
-from structsearch.objectives import check_objectives
+from structsearch import scores, tracking
+from structsearch.graph import load_graph
 from structsearch.study import (
     SearchConfig,
     config_of,  # noqa: F401
@@ -45,7 +44,7 @@ from structsearch.study import (
     ranked,
 )
 from structsearch.tracking import Tracker, make_tracker
-from structsearch.trial import graph_params, load_dataset, resolve_graph, run_trial
+from structsearch.trial import Pruning, Recorder, graph_params, load_dataset, resolve_graph, run_trial
 
 logger = logging.getLogger(__name__)
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -91,21 +90,25 @@ class Objective:
         )
         run_dir = Path(self.cfg.runs_dir) / self.cfg.study / f"trial-{number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
-        result = run_trial(
-            run,
-            graph,
-            self.dataset,
+        recorder = Recorder(
             run_dir,
             self.tracker,
             name=f"trial-{trial.number:04d}",
             parent_run_id=self.parent_run_id,
-            extra_params=graph_params(graph, self.possible_edges)
+            params=graph_params(graph, self.possible_edges)
             | {f"trial.{k}": v for k, v in trial.params.items()}
             | {"trial": trial.number},
             tags={"study": self.cfg.study},
+            objectives=self.cfg.objectives,
+        )
+        result = run_trial(
+            run,
+            graph,
+            self.dataset,
+            recorder,
             resume=(run_dir / "checkpoint.pt").exists(),
             extra_scores=self.cfg.objectives,
-            on_log=self._pruning_callback(trial, graph),
+            pruning=self._pruning(trial),
         )
         trial.set_user_attr("mlflow_run_id", result.run_id)
         trial.set_user_attr("status", result.status)
@@ -117,9 +120,7 @@ class Objective:
             raise optuna.TrialPruned(f"pruned at step {result.step}")
         if self.cfg.min_info is not None:
             trial.set_user_attr("constraint", [self.cfg.min_info - result.scores["info_min"]])
-        values = tuple(result.scores[o] for o in self.cfg.objectives)
-        self.tracker.log_metrics(result.run_id, {f"objective/{o}": v for o, v in zip(self.cfg.objectives, values)})
-        return self._values(values)
+        return self._values(result.scores[o] for o in self.cfg.objectives)
 
     def _values(self, values) -> tuple[float, ...] | float:
         values = tuple(float(v) for v in values)
@@ -138,29 +139,24 @@ class Objective:
                 return t
         return None
 
-    def _pruning_callback(self, trial: optuna.Trial, graph: Graph):
-        """Every checkpoint interval, report the single objective on 500 samples and ask the pruner."""
+    def _pruning(self, trial: optuna.Trial) -> Pruning | None:
+        """Every checkpoint interval, report the single objective and ask the study's pruner."""
         objective = self.cfg.objectives[0]
-        if len(self.cfg.objectives) > 1 or self.cfg.pruner == "none" or objective not in BASE_SCORES:
+        if len(self.cfg.objectives) > 1 or self.cfg.pruner == "none" or not scores.SCORES[objective].base:
             return None
-        every = self.cfg.run.train.checkpoint_every or self.cfg.run.train.n_steps
 
-        def on_log(step: int, losses: dict[str, float], trainer) -> bool:
-            if step % every or step >= self.cfg.run.train.n_steps:
-                return False
-            scores = compute_scores(
-                trainer.G, trainer.D, graph.spec, graph, self.dataset, 500, 0, trainer.sample_latents
-            )
-            trial.report(scores[objective], step)
+        def should_stop(step: int, value: float) -> bool:
+            trial.report(value, step)
             return trial.should_prune()
 
-        return on_log
+        return Pruning(objective, self.cfg.run.train.checkpoint_every or self.cfg.run.train.n_steps, should_stop)
 
 
 @dataclass
 class Prepared:
     """What every trial of this process shares; building it is where a bad command fails."""
 
+    cfg: SearchConfig  # the command's config with the latent spec resolved
     study: optuna.Study
     dataset: Any
     space: SearchSpace
@@ -177,19 +173,20 @@ def prepare(cfg: SearchConfig) -> Prepared:
     dataset = load_dataset(cfg.run)
     independent = resolve_graph(dataclasses.replace(cfg.run, graph="independent"), dataset)
     spec = independent.spec
-    cfg.run.codes = spec.text()  # stored with a new study: its trials never depend on the dataset's default spec
-    check_objectives(cfg.objectives, dataset, spec)
+    # The spec is stored with a new study: its trials never depend on the dataset's default spec.
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, codes=spec.text()))
+    scores.check_objectives(cfg.objectives, dataset, spec)
     space = make_search_space(cfg, spec)
     study = open_study(cfg)
     enqueue_seeds(study, space, [independent] + [load_graph(g, spec) for g in cfg.seed_graphs])
     tracker = make_tracker(cfg.tracking, f"study-{cfg.study}", Path(cfg.runs_dir))
-    return Prepared(study, dataset, space, tracker, _parent_run(study, tracker, cfg, space))
+    return Prepared(cfg, study, dataset, space, tracker, _parent_run(study, tracker, cfg, space))
 
 
 def optimize(cfg: SearchConfig, prepared: Prepared | None = None) -> optuna.Study:
     """Run trials in this process until the study holds ``n_trials`` finished ones."""
     p = prepared or prepare(cfg)
-    study, tracker = p.study, p.tracker
+    cfg, study, tracker = p.cfg, p.study, p.tracker
     objective = Objective(cfg, study, p.dataset, p.space, tracker, p.parent_run_id)
     while True:
         fail_stale_trials(study)  # a dead worker's trial is failed here and re-enqueued (same graph)
@@ -198,7 +195,7 @@ def optimize(cfg: SearchConfig, prepared: Prepared | None = None) -> optuna.Stud
             break
         study.optimize(objective, n_trials=1, catch=())
         _log_progress(study, cfg)
-    mark_best(study, tracker, cfg)
+    mark_best(study, tracker)
     return study
 
 
@@ -211,7 +208,7 @@ def run_search(
     prepared = prepared or prepare(cfg)  # the study, seeds and parent run exist before any worker starts
     if n == 1 and not gpus:
         return optimize(cfg, prepared)
-    study, tracker = prepared.study, prepared.tracker
+    cfg, study, tracker = prepared.cfg, prepared.study, prepared.tracker
     procs = []
     for i in range(n):
         cmd = [
@@ -240,7 +237,7 @@ def run_search(
     codes = [p.wait() for p in procs]
     if any(codes):
         raise RuntimeError(f"worker exit codes {codes}; see their output above")
-    mark_best(study, tracker, cfg)
+    mark_best(study, tracker)
     return study
 
 
@@ -266,22 +263,21 @@ def _parent_run(study: optuna.Study, tracker: Tracker, cfg: SearchConfig, space:
     return run_id
 
 
-def mark_best(study: optuna.Study, tracker: Tracker, cfg: SearchConfig) -> None:
+def mark_best(study: optuna.Study, tracker: Tracker) -> None:
+    """Tag the study's best trial's run (and untag the previous best), name it on the parent run."""
     best = ranked(study)
     if not best:
         return
     run_id = best[0].user_attrs.get("mlflow_run_id")
-    previous = study.user_attrs.get("best_run_id")
-    if previous and previous != run_id:
-        tracker.set_tags(previous, {"structsearch.best": "0"})
+    tracking.mark_best(
+        tracker,
+        run_id,
+        previous=study.user_attrs.get("best_run_id"),
+        parent=study.user_attrs.get(PARENT_ATTR),
+        summary={"best_graph": best[0].user_attrs.get("graph_key", ""), "best_trial": str(best[0].number)},
+    )
     if run_id:
-        tracker.set_tags(run_id, {"structsearch.best": "1"})
         study.set_user_attr("best_run_id", run_id)
-    parent = study.user_attrs.get(PARENT_ATTR)
-    if parent:
-        tracker.set_tags(
-            parent, {"best_graph": best[0].user_attrs.get("graph_key", ""), "best_trial": str(best[0].number)}
-        )
 
 
 def _log_progress(study: optuna.Study, cfg: SearchConfig) -> None:

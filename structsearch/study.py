@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search_spaces import Constraints, SearchSpace, make_space
 from structsearch.config import RunConfig
 from structsearch.graph import Graph
-from structsearch.objectives import direction
+from structsearch.scores import direction
 
 logger = logging.getLogger(__name__)
 # Heartbeats and trial retries are "experimental" in Optuna since v2.9; they are what resume relies on.
@@ -34,7 +34,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 CONFIG_ATTR = "structsearch_config"
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchConfig:
     """A whole search: what to train (``run``), which graphs, which objectives, which sampler."""
 
@@ -49,11 +49,7 @@ class SearchConfig:
     forbidden: tuple[str, ...] = ()
     order: tuple[str, ...] = ()  # fixed-order space
     candidates: str | None = None  # candidates space: file of graphs
-    # struct_bic stays the default objective (issue 7, docs/results.md): no label-free objective
-    # recovered the true graph in the recovery benchmark, none did better than struct_bic, and
-    # struct_bic, scored against the saturated graph on the same table, is not inflated by
-    # deterministic codes (bic_gen's failure). It ties every complete graph at 0: read a search's
-    # top graphs as "what the data cannot rule out", not as the truth.
+    # struct_bic: none did better in the recovery benchmark (docs/results.md, "Defaults, from the evidence").
     objectives: tuple[str, ...] = ("struct_bic",)
     min_info: float | None = None
     sampler: str = "tpe"

@@ -159,6 +159,19 @@ def _store_lock(uri: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def mark_best(
+    tracker: Tracker, run_id: str | None, previous: str | None, parent: str | None, summary: Mapping[str, str]
+) -> None:
+    """Tag ``run_id`` as the study's best (``structsearch.best=1``), untag the ``previous`` best, and
+    put ``summary`` (best graph, best trial) on the study's ``parent`` run."""
+    if previous and previous != run_id:
+        tracker.set_tags(previous, {"structsearch.best": "0"})
+    if run_id:
+        tracker.set_tags(run_id, {"structsearch.best": "1"})
+    if parent:
+        tracker.set_tags(parent, summary)
+
+
 def default_uri(runs_dir: Path) -> str:
     """``sqlite:///<absolute runs dir>/mlflow.db``."""
     runs_dir.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,11 @@
-"""One run of one graph: the only place where training, scoring and tracking meet.
+"""One run of one graph, in two halves: ``train_and_score`` computes, a ``Recorder`` records.
 
-``run_trial`` is what ``structsearch train`` calls once and what every search trial calls. It
-writes a self-contained run folder (resolved config, graph, checkpoint, pictures, scores) and,
-unless tracking is off, one MLflow run with the same content.
+* :func:`train_and_score` trains a graph and scores it with the run's :class:`Evaluator`: no
+  files, no tracking, only the callbacks it is given (a logger, a checkpoint writer, a pruner).
+* :class:`Recorder` owns a run folder and its tracked MLflow run: the resolved config, the graph,
+  the checkpoint, the traversal grids, the scores.
+* :func:`run_trial` joins the two; ``structsearch train``, every search trial and the benchmarks
+  call it.
 
     runs/<name>/config.json      resolved RunConfig
                 graph.json/.png  the graph
@@ -14,26 +17,29 @@ unless tracking is off, one MLflow run with the same content.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from gan.latents import get_spec
-from gan.train import Trainer, TrainResult, resolve_device
+from gan.train import Trainer, TrainResult
 from gan.traversal import save_traversals
-from structsearch import objectives
-from structsearch.config import RunConfig
+from structsearch import scores as scores_mod
+from structsearch.config import RunConfig, resolve_device
 from structsearch.drawing import draw_graph
-from structsearch.evaluate import compute_scores
 from structsearch.graph import Graph, load_graph
+from structsearch.scores import Evaluator
 from structsearch.tracking import NullTracker, Tracker
 
 logger = logging.getLogger(__name__)
+
+OnLog = Callable[[int, dict[str, float], Trainer], bool | None]
 
 
 @dataclass
@@ -41,10 +47,29 @@ class TrialResult:
     status: str  # completed | diverged | stopped
     message: str
     step: int
-    run_dir: Path
+    run_dir: Path | None
     run_id: str | None
     scores: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """Ask a pruner during training: every ``every`` steps (not the last), score ``objective`` with
+    the run's Evaluator and stop when ``should_stop(step, value)`` says so."""
+
+    objective: str
+    every: int
+    should_stop: Callable[[int, float], bool]
+
+
+@dataclass
+class Outcome:
+    """What :func:`train_and_score` returns: how training ended, the scores, the trained models."""
+
+    result: TrainResult
+    scores: dict[str, float]
+    trainer: Trainer
 
 
 def load_dataset(cfg: RunConfig, device=None):
@@ -75,87 +100,174 @@ def time_limit(minutes: float) -> Callable[[int, dict[str, float], Trainer], boo
     return lambda step, losses, trainer: time.monotonic() > deadline
 
 
+def make_trainer(cfg: RunConfig, graph: Graph, dataset) -> Trainer:
+    return Trainer(cfg.train, graph.spec, graph.parents(), dataset.sample, dataset.image_shape, dataset.device)
+
+
+def train_and_score(
+    cfg: RunConfig,
+    graph: Graph,
+    dataset,
+    trainer: Trainer | None = None,
+    *,
+    extra_scores: Sequence[str] = (),
+    scale: float = 0.2,
+    on_log: OnLog | None = None,
+    checkpoint: Callable[[Trainer], None] | None = None,
+    pruning: Pruning | None = None,
+) -> Outcome:
+    """Train ``graph`` (from ``trainer``'s step, a fresh trainer when None) and score it; never
+    raises for a diverged run (its scores are empty). ``on_log(step, losses, trainer)`` and the
+    pruner may stop training early; ``checkpoint(trainer)`` is called as ``Trainer.run`` says."""
+    trainer = trainer or make_trainer(cfg, graph, dataset)
+    evaluator = Evaluator(graph, dataset, cfg.n_eval, cfg.train.seed, scale, trainer.sample_latents)
+
+    def callback(step: int, losses: dict[str, float]) -> bool:
+        stop = bool(on_log(step, losses, trainer)) if on_log else False
+        if pruning and step % pruning.every == 0 and step < cfg.train.n_steps:
+            value = evaluator(trainer.G, trainer.D, only=(pruning.objective,))[pruning.objective]
+            stop = pruning.should_stop(step, value) or stop
+        return stop
+
+    result = trainer.run(callback=callback, checkpoint=checkpoint)
+    scores = {} if result.status == "diverged" else evaluator(trainer.G, trainer.D, extra=extra_scores)
+    return Outcome(result, scores, trainer)
+
+
+class Recorder:
+    """Owns one run folder and its tracked run (see the module docstring for the folder).
+
+    Args:
+        run_dir: the run folder (created).
+        tracker: where the run is tracked (none when None).
+        name: the tracked run's name (default: the folder's name).
+        parent_run_id: the tracked parent run (a study's).
+        params: params logged beside the config's and the graph's.
+        tags: tags of the tracked run.
+        objectives: scores also logged as ``objective/<name>`` when the run completes.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        tracker: Tracker | None = None,
+        *,
+        name: str | None = None,
+        parent_run_id: str | None = None,
+        params: Mapping[str, object] | None = None,
+        tags: Mapping[str, str] | None = None,
+        objectives: Sequence[str] = (),
+    ) -> None:
+        self.run_dir, self.tracker = Path(run_dir), tracker or NullTracker()
+        self.name, self.parent_run_id = name or self.run_dir.name, parent_run_id
+        self.params, self.tags, self.objectives = dict(params or {}), dict(tags or {}), tuple(objectives)
+        self.checkpoint = self.run_dir / "checkpoint.pt"
+        self.run_id: str | None = None
+        self.cfg: RunConfig | None = None
+        self.graph: Graph | None = None
+
+    def start(self, cfg: RunConfig, graph: Graph, resume: bool = False) -> None:
+        """Write the config and the graph; start the tracked run, or continue it on a resume."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg, self.graph = cfg, graph
+        cfg.save(self.run_dir / "config.json")
+        (self.run_dir / "graph.json").write_text(graph.to_json() + "\n")
+        draw_graph(graph, self.run_dir / "graph.png")
+        record = self.run_dir / "run.json"
+        if resume and record.exists() and (run_id := json.loads(record.read_text()).get("run_id")):
+            self.run_id = self.tracker.resume_run(run_id)
+            return
+        params = _flat_params(cfg) | graph_params(graph) | self.params
+        self.run_id = self.tracker.start_run(self.name, params, tags=self.tags, parent_run_id=self.parent_run_id)
+        record.write_text(
+            json.dumps({"run_id": self.run_id, "tracking_uri": getattr(self.tracker, "uri", None)}) + "\n"
+        )
+
+    def restore(self, trainer: Trainer) -> None:
+        """Load the folder's checkpoint into ``trainer``, when there is one."""
+        if self.checkpoint.exists():
+            trainer.load(self.checkpoint)
+            logger.info("resumed %s at step %d", self.run_dir, trainer.step)
+
+    def save_checkpoint(self, trainer: Trainer) -> None:
+        trainer.save(self.checkpoint)
+
+    def log(self, step: int, losses: Mapping[str, float]) -> None:
+        self.tracker.log_metrics(self.run_id, losses, step)
+
+    def finish(self, outcome: Outcome, seconds: float) -> TrialResult:
+        """Scores, traversal grids and artifacts recorded; the tracked run ended with its status."""
+        result, scores, run_id = outcome.result, outcome.scores, self.run_id
+        if result.status != "diverged":
+            self.tracker.log_metrics(run_id, {f"score/{k}": v for k, v in scores.items()}, result.step)
+            traversals = save_traversals(
+                outcome.trainer.G, self.graph.spec, self.run_dir / "traversals", seed=self.cfg.train.seed
+            )
+            for path in traversals:
+                self.tracker.log_artifact(run_id, path, "traversals")
+        summary = {"status": result.status, "message": result.message, "step": result.step, "scores": scores}
+        (self.run_dir / "scores.json").write_text(json.dumps(summary, indent=2) + "\n")
+        for artifact in ("config.json", "graph.json", "graph.png", "scores.json", "checkpoint.pt"):
+            self.tracker.log_artifact(run_id, self.run_dir / artifact)
+        self.tracker.set_tags(run_id, {"status": result.status, "message": result.message})
+        status = {"diverged": "FAILED", "stopped": "KILLED"}.get(result.status, "FINISHED")
+        self.tracker.end_run(run_id, status)
+        if result.status == "completed" and self.objectives:
+            self.tracker.log_metrics(run_id, {f"objective/{o}": scores[o] for o in self.objectives})
+        return TrialResult(result.status, result.message, result.step, self.run_dir, run_id, scores, seconds)
+
+
 def run_trial(
     cfg: RunConfig,
     graph: Graph,
     dataset,
-    run_dir: Path,
-    tracker: Tracker | None = None,
+    recorder: Recorder,
     *,
-    name: str | None = None,
-    parent_run_id: str | None = None,
-    extra_params: dict[str, object] | None = None,
-    tags: dict[str, str] | None = None,
     resume: bool = False,
     extra_scores: Sequence[str] = (),
     scale: float = 0.2,
-    on_log: Callable[[int, dict[str, float], Trainer], bool | None] | None = None,
+    on_log: OnLog | None = None,
+    pruning: Pruning | None = None,
     progress: bool = True,
 ) -> TrialResult:
-    """Train ``graph`` on ``dataset``, score it, track it; never raises for a diverged run."""
+    """Train and score ``graph`` on ``dataset`` and record it all with ``recorder``, with a progress
+    bar; on ``resume`` training continues from the folder's checkpoint. Never raises for a
+    diverged run."""
     started = time.time()
-    tracker = tracker or NullTracker()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = dataset.device
-    checkpoint = run_dir / "checkpoint.pt"
-    cfg.save(run_dir / "config.json")
-    (run_dir / "graph.json").write_text(graph.to_json() + "\n")
-    draw_graph(graph, run_dir / "graph.png")
-
-    run_id = _start_or_resume(tracker, cfg, graph, run_dir, name, parent_run_id, extra_params, tags, resume)
-    trainer = Trainer(cfg.train, graph.spec, graph.parents(), dataset.sample, dataset.image_shape, device)
-    if resume and checkpoint.exists():
-        trainer.load(checkpoint)
-        logger.info("resumed %s at step %d", run_dir, trainer.step)
-
+    recorder.start(cfg, graph, resume)
+    trainer = make_trainer(cfg, graph, dataset)
+    if resume:
+        recorder.restore(trainer)
     bar = tqdm(
         total=cfg.train.n_steps,
         initial=trainer.step,
-        desc=name or run_dir.name,
+        desc=recorder.name,
         disable=not progress,
         unit="step",
         dynamic_ncols=True,
     )
 
-    def log(step: int, losses: dict[str, float]) -> bool | None:
-        tracker.log_metrics(run_id, losses, step)
+    def log(step: int, losses: dict[str, float], trainer: Trainer) -> bool | None:
+        recorder.log(step, losses)
         bar.update(step - bar.n)
         bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in losses.items()})
         return on_log(step, losses, trainer) if on_log else None
 
     try:
-        result: TrainResult = trainer.run(callback=log, checkpoint=lambda t: t.save(checkpoint))
+        outcome = train_and_score(
+            cfg,
+            graph,
+            dataset,
+            trainer,
+            extra_scores=extra_scores,
+            scale=scale,
+            on_log=log,
+            checkpoint=recorder.save_checkpoint,
+            pruning=pruning,
+        )
     finally:
         bar.close()
-    scores: dict[str, float] = {}
-    if result.status != "diverged":
-        scores = compute_scores(
-            trainer.G, trainer.D, graph.spec, graph, dataset, cfg.n_eval, cfg.train.seed, trainer.sample_latents
-        )
-        if extra_scores:
-            scores |= objectives.extra_scores(
-                trainer.G,
-                trainer.D,
-                graph,
-                dataset,
-                extra_scores,
-                cfg.n_eval,
-                cfg.train.seed,
-                scale,
-                sample=trainer.sample_latents,
-            )
-        tracker.log_metrics(run_id, {f"score/{k}": v for k, v in scores.items()}, result.step)
-        for path in save_traversals(trainer.G, graph.spec, run_dir / "traversals", seed=cfg.train.seed):
-            tracker.log_artifact(run_id, path, "traversals")
-    summary = {"status": result.status, "message": result.message, "step": result.step, "scores": scores}
-    (run_dir / "scores.json").write_text(json.dumps(summary, indent=2) + "\n")
-    for artifact in ("config.json", "graph.json", "graph.png", "scores.json", "checkpoint.pt"):
-        tracker.log_artifact(run_id, run_dir / artifact)
-    tracker.set_tags(run_id, {"status": result.status, "message": result.message})
-    tracker.end_run(
-        run_id, "FAILED" if result.status == "diverged" else "KILLED" if result.status == "stopped" else "FINISHED"
-    )
-    return TrialResult(result.status, result.message, result.step, run_dir, run_id, scores, time.time() - started)
+    return recorder.finish(outcome, time.time() - started)
 
 
 def load_run(run_dir: Path, device: str | None = None):
@@ -164,10 +276,10 @@ def load_run(run_dir: Path, device: str | None = None):
         raise FileNotFoundError(f"{run_dir} holds no checkpoint.pt; give a run folder written by `structsearch train`")
     cfg = RunConfig.load(run_dir / "config.json")
     if device:
-        cfg.device = device
+        cfg = dataclasses.replace(cfg, device=device)
     dataset = load_dataset(cfg)
     graph = Graph.from_json((run_dir / "graph.json").read_text())
-    trainer = Trainer(cfg.train, graph.spec, graph.parents(), dataset.sample, dataset.image_shape, dataset.device)
+    trainer = make_trainer(cfg, graph, dataset)
     trainer.load(run_dir / "checkpoint.pt")
     return cfg, graph, dataset, trainer
 
@@ -176,27 +288,12 @@ def evaluate_run(
     run_dir: Path, metrics: str = "all", scale: float = 1.0, tracker: Tracker | None = None, device: str | None = None
 ) -> dict[str, float]:
     """Recompute a run's scores from its checkpoint: the base scores plus ``metrics`` (comma-separated
-    names, or ``all`` the dataset allows), with seconds per metric; log them to the run's MLflow run."""
+    names, or ``all`` the dataset allows), with seconds per score; log them to the run's MLflow run."""
     cfg, graph, dataset, trainer = load_run(run_dir, device)
-    metrics = objectives.available_metrics(dataset, graph.spec, metrics)
+    extra = scores_mod.available_metrics(dataset, graph.spec, metrics)
     timings: dict[str, float] = {}
-    started = time.time()
-    scores = compute_scores(
-        trainer.G, trainer.D, graph.spec, graph, dataset, cfg.n_eval, cfg.train.seed, trainer.sample_latents
-    )
-    timings["time/base"] = time.time() - started
-    scores |= objectives.extra_scores(
-        trainer.G,
-        trainer.D,
-        graph,
-        dataset,
-        metrics,
-        cfg.n_eval,
-        cfg.train.seed,
-        scale,
-        trainer.sample_latents,
-        timings,
-    )
+    evaluator = Evaluator(graph, dataset, cfg.n_eval, cfg.train.seed, scale, trainer.sample_latents)
+    scores = evaluator(trainer.G, trainer.D, extra=extra, seconds=timings)
     record = run_dir / "run.json"
     run_id = json.loads(record.read_text()).get("run_id") if record.exists() else None
     if tracker is not None and run_id:
@@ -205,18 +302,6 @@ def evaluate_run(
         json.dumps({"step": trainer.step, "scale": scale, "scores": scores, "seconds": timings}, indent=2) + "\n"
     )
     return scores | timings
-
-
-def _start_or_resume(tracker, cfg, graph, run_dir, name, parent_run_id, extra_params, tags, resume) -> str | None:
-    record = run_dir / "run.json"
-    if resume and record.exists():
-        run_id = json.loads(record.read_text()).get("run_id")
-        if run_id:
-            return tracker.resume_run(run_id)
-    params = _flat_params(cfg) | graph_params(graph) | (extra_params or {})
-    run_id = tracker.start_run(name or run_dir.name, params, tags=tags, parent_run_id=parent_run_id)
-    record.write_text(json.dumps({"run_id": run_id, "tracking_uri": getattr(tracker, "uri", None)}) + "\n")
-    return run_id
 
 
 def _flat_params(cfg: RunConfig) -> dict[str, object]:

@@ -156,10 +156,12 @@ def test_independent_prior_draws_exactly_as_before() -> None:
 
 
 def test_scores_draw_from_the_graph_prior() -> None:
-    from structsearch.evaluate import generated_codes
+    from structsearch.datasets.shapes import Shapes
+    from structsearch.scores import Evaluator
 
     trainer = _trainer(dataclasses.replace(TINY, code_prior="graph"))
-    c, _ = generated_codes(trainer.G, trainer.D, SPEC, 2000, 0, torch.device("cpu"), trainer.sample_latents)
+    dataset = Shapes(n_train=64, n_test=16)
+    c = Evaluator(preset("collider", SPEC), dataset, 2000, 0, sample=trainer.sample_latents).c
     assert torch.corrcoef(c.T)[0, 2] > 0.3
 
 

@@ -34,6 +34,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from gan import dag
 from structsearch.datasets.base import Dataset, DatasetError, first_n
 
 log = logging.getLogger(__name__)
@@ -76,15 +77,11 @@ def parse_graph(graph: GraphLike) -> tuple[tuple[str, str], ...]:
 
 def topological_order(edges: tuple[tuple[str, str], ...]) -> list[int]:
     """Factor indices, parents before children; DatasetError naming the nodes of a cycle."""
-    parents = {v: {p for p, c in edges if c == v} for v in NODES}
-    order: list[str] = []
-    while len(order) < len(NODES):
-        ready = [v for v in NODES if v not in order and parents[v] <= set(order)]
-        if not ready:
-            stuck = ", ".join(v for v in NODES if v not in order)
-            raise DatasetError(f"shapes: graph {edges} has a cycle through {stuck}")
-        order += ready
-    return [NODES.index(v) for v in order]
+    try:
+        return [NODES.index(v) for v in dag.topological_order(NODES, edges)]
+    except ValueError:
+        stuck = sorted({v for v in dag.find_cycle(edges)[:-1]}, key=dag.node_order)
+        raise DatasetError(f"shapes: graph {edges} has a cycle through {', '.join(stuck)}") from None
 
 
 class LinearSCM:

@@ -1,0 +1,396 @@
+"""Every score of a trained model: one registry, one :class:`Evaluator` (docs/design.md section 4).
+
+A score is a registry entry: a name, a direction (None for a diagnostic that is never an
+objective), what the dataset must offer, whether it is a *base* score (computed for every run)
+or an *extra* one (computed when asked for, because it needs ground truth or a feature net, or
+is slow), and a function of a :class:`Reading`, one trained model seen through the Evaluator's
+fixed held-out data. Each function returns a dict holding at least its own name (and may add
+details, e.g. ``info/c1``). To add a score: one ``@score(...)`` function below and its case in
+tests/test_scores.py's contract suite.
+
+Base scores, all label-free but ``cat_acc``:
+
+* ``struct_bic`` -- delta-BIC (the graph's q part minus the saturated graph, per row, pgmpy) of
+  Q's codes of held-out REAL images: do the features Q extracts from data obey the graph?
+* ``agreement`` -- the deviance of the graph on fresh generated (c, q): does the model obey its
+  own graph? 0 when every conditional independence of the graph holds.
+* ``info`` / ``info_min`` -- how well Q reads the codes back from generated images: accuracy for
+  a categorical code, for a continuous one the R^2 of the best linear read-back
+  corr(c_k, q_k)^2 (so the Gaussian mutual information is -1/2 log(1 - info)); the mean, and
+  the worst code (a collapsed code has low info). Version 1 was the calibrated
+  1 - MSE / Var, which also charged Q for the scale of its output (docs/results.md).
+* ``cat_acc`` (labelled data and a categorical code) -- the first categorical code as an
+  unsupervised classifier of the real test images, under the best one-to-one class matching.
+* ``bic_gen`` -- diagnostic only: the graph's own BIC per row on generated (c, q). It ranks
+  collapsed models first, so no search may optimize it.
+
+Extra scores: ``mig``, ``dci``, ``sap``, ``modularity``, ``factorvae``, ``betavae``
+(disentanglement_lib's protocols on Q's codes; ground-truth factors), ``shd`` (structural Hamming
+distance of the q part to the true factor graph after matching codes to factors; a known factor
+graph), ``fid`` (Frechet distance in a small classifier's features; labels or factors to train it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from gan.latents import LatentSpec
+from gan.structure import StructuralLoss
+from gan.train import evaluating
+from structsearch.graph import Graph
+from structsearch.scoring import bic, delta_bic, make_table
+
+logger = logging.getLogger(__name__)
+
+INFO_VERSION = 2  # of the ``info`` scores: 1 was the calibrated 1 - MSE/Var (see the module doc)
+SampleLatents = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+Direction = Literal["maximize", "minimize"]
+
+
+# ---- the registry ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Need:
+    """Something a score needs from the dataset (and spec), with the words that say so."""
+
+    test: Callable[[object, LatentSpec], bool]
+    phrase: str  # "needs <phrase>; <dataset> has <lack>"
+    lack: str
+
+
+NEEDS: dict[str, Need] = {
+    "labels": Need(
+        lambda ds, spec: bool(getattr(ds, "n_classes", None)) and any(c.kind == "categorical" for c in spec.codes),
+        "a labelled dataset and a categorical code",
+        "not both",
+    ),
+    "factors": Need(
+        lambda ds, spec: bool(getattr(ds, "factor_names", ())), "ground-truth factors (dsprites, shapes)", "none"
+    ),
+    "true_graph": Need(lambda ds, spec: bool(getattr(ds, "true_edges", None)), "a known factor graph (shapes)", "none"),
+    "labels_or_factors": Need(
+        lambda ds, spec: bool(getattr(ds, "factor_names", ()) or getattr(ds, "n_classes", None)),
+        "labels or factors to train its feature net",
+        "neither",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Score:
+    name: str
+    direction: Direction | None  # None: a diagnostic, never an objective
+    base: bool  # computed for every run (where its needs are met)
+    needs: tuple[str, ...]
+    compute: Callable[[Reading], dict[str, float]]
+
+    def missing(self, dataset, spec: LatentSpec) -> str | None:
+        """Why ``dataset`` (with ``spec``) cannot give this score, or None when it can."""
+        for need in self.needs:
+            if not NEEDS[need].test(dataset, spec):
+                name = getattr(dataset, "name", dataset)
+                return f"{self.name} needs {NEEDS[need].phrase}; {name} has {NEEDS[need].lack}"
+        return None
+
+
+SCORES: dict[str, Score] = {}
+
+
+def score(name: str, direction: Direction | None, *, base: bool, needs: tuple[str, ...] = ()):
+    """Register ``fn(reading) -> dict`` as the score ``name``."""
+
+    def register(fn: Callable[[Reading], dict[str, float]]) -> Callable[[Reading], dict[str, float]]:
+        SCORES[name] = Score(name, direction, base, needs, fn)
+        return fn
+
+    return register
+
+
+def direction(name: str) -> Direction:
+    """The direction of an objective; ValueError for a diagnostic or an unknown name."""
+    if name in SCORES and SCORES[name].direction is None:
+        raise ValueError(
+            f"{name} is a diagnostic, not an objective: it ranks codes that collapse onto their parents first"
+        )
+    if name not in SCORES:
+        raise ValueError(f"unknown objective {name!r}; expected one of {', '.join(objectives())}")
+    return SCORES[name].direction
+
+
+def objectives() -> list[str]:
+    """Every score a search may optimize."""
+    return [n for n, s in SCORES.items() if s.direction is not None]
+
+
+def check_objectives(names: Iterable[str], dataset, spec: LatentSpec) -> None:
+    """Refuse objectives that are unknown, diagnostics, or that the dataset cannot compute."""
+    for name in names:
+        direction(name)
+        if problem := SCORES[name].missing(dataset, spec):
+            raise ValueError(f"objective {problem}")
+
+
+def available_metrics(dataset, spec: LatentSpec, text: str) -> list[str]:
+    """The extra scores named in ``text`` (``all``: every one the dataset allows; ``none``: none)."""
+    if text.strip() in ("", "none"):
+        return []
+    if text == "all":
+        return [n for n, s in SCORES.items() if not s.base and s.missing(dataset, spec) is None]
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    check_objectives(names, dataset, spec)
+    return names
+
+
+# ---- the evaluator ---------------------------------------------------------------------------
+
+
+class Evaluator:
+    """The fixed data every score of one run is computed on, built once per run.
+
+    It holds the held-out real batch (``n_eval`` test images and their labels), the fresh latent
+    sample (``n_eval`` draws of (z, c) from the run's code prior, seeded), and the planned
+    structural loss of ``agreement``. Calling it on (G, D) scores that model; the same Evaluator
+    called at any step compares the steps on the same data.
+
+    Args:
+        graph: the run's graph.
+        dataset: the run's dataset (its device is the evaluation device).
+        n_eval: held-out real images and fresh generated samples.
+        seed: seed of the latent sample and of the extra scores' protocols.
+        scale: fraction of disentanglement_lib's sample counts for the extra scores.
+        sample: ``sample(n, generator) -> (z, c)``, the run's code prior (the spec's when None).
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        dataset,
+        n_eval: int = 2000,
+        seed: int = 0,
+        scale: float = 0.2,
+        sample: SampleLatents | None = None,
+    ) -> None:
+        self.graph, self.spec, self.dataset = graph, graph.spec, dataset
+        self.n_eval, self.seed, self.scale = n_eval, seed, scale
+        self.device = dataset.device
+        self.sample = sample or (lambda n, rng: self.spec.sample(n, rng, self.device))
+        real, self.labels = dataset.test_images(n_eval)
+        self.real = real.to(self.device)
+        self.z, self.c = self.sample(n_eval, torch.Generator(self.device).manual_seed(seed))
+        self.agreement = StructuralLoss(self.spec, graph.parents(), form="deviance", floor=1e-6)
+
+    def __call__(
+        self,
+        G: torch.nn.Module,
+        D: torch.nn.Module,
+        extra: Iterable[str] = (),
+        only: Iterable[str] | None = None,
+        seconds: dict[str, float] | None = None,
+    ) -> dict[str, float]:
+        """The base scores the dataset allows plus the ``extra`` ones, as a flat dict.
+
+        ``only`` restricts the scores to those names (e.g. the pruner's one objective);
+        ``seconds``, when given, receives the time of each score (``time/<name>``, and the finer
+        timings a score reports itself, e.g. ``time/codes`` of the disentanglement metrics).
+        """
+        names = [n for n, s in SCORES.items() if s.base and s.missing(self.dataset, self.spec) is None]
+        names += [n for n in dict.fromkeys(extra) if n not in names]
+        if only is not None:
+            names = [n for n in names if n in set(only)]
+        reading = Reading(self, G, D, tuple(names))
+        out: dict[str, float] = {}
+        for name in names:
+            started = time.perf_counter()
+            values = SCORES[name].compute(reading)
+            out |= {k: v for k, v in values.items() if not k.startswith("time/")}
+            if seconds is not None:
+                seconds[f"time/{name}"] = time.perf_counter() - started
+                seconds |= {k: v for k, v in values.items() if k.startswith("time/")}
+        return out
+
+
+class Reading:
+    """One model read through an Evaluator: what several scores share is computed once."""
+
+    def __init__(self, evaluator: Evaluator, G: torch.nn.Module, D: torch.nn.Module, names: tuple[str, ...]):
+        self.ev, self.G, self.D, self.names = evaluator, G, D, names
+
+    @cached_property
+    def q_real(self) -> torch.Tensor:
+        return q_codes(self.D, self.ev.real)  # (n_eval, code_dim)
+
+    @cached_property
+    def q_gen(self) -> torch.Tensor:
+        return q_codes(self.D, generate(self.G, self.ev.z, self.ev.c))  # (n_eval, code_dim)
+
+    @cached_property
+    def info(self) -> dict[str, float]:
+        return info_scores(self.ev.spec, self.ev.c, self.q_gen)
+
+    @cached_property
+    def disentanglement(self) -> dict[str, float]:
+        """Every requested disentanglement metric, on one shared sample of codes."""
+        from structsearch import metrics
+
+        wanted = [m for m in DISENTANGLEMENT if m in self.names]
+        ev = self.ev
+        return metrics.all_disentanglement(self.represent, ev.dataset, seed=ev.seed, scale=ev.scale, metrics=wanted)
+
+    def represent(self, images: torch.Tensor) -> np.ndarray:
+        """images -> Q's codes as a float array (continuous means; categorical codes as their argmax)."""
+        with evaluating(self.D):
+            out = self.D.q(images.to(self.ev.device).float())
+        parts = [
+            p.argmax(1, keepdim=True).float() if c.kind == "categorical" else p
+            for c, p in zip(self.ev.spec.codes, self.ev.spec.split(out))
+        ]
+        return torch.cat(parts, 1).cpu().numpy()
+
+
+# ---- the base scores ---------------------------------------------------------------------------
+
+
+@score("struct_bic", "maximize", base=True)
+def _struct_bic(r: Reading) -> dict[str, float]:
+    spec = r.ev.spec
+    return {"struct_bic": delta_bic(r.ev.graph, make_table(code_columns(spec, r.q_real, "q"), spec))}
+
+
+@score("agreement", "minimize", base=True)
+def _agreement(r: Reading) -> dict[str, float]:
+    return {"agreement": float(r.ev.agreement(r.ev.c, r.q_gen))}
+
+
+@score("info", "maximize", base=True)
+def _info(r: Reading) -> dict[str, float]:
+    return {k: v for k, v in r.info.items() if k != "info_min"}
+
+
+@score("info_min", "maximize", base=True)
+def _info_min(r: Reading) -> dict[str, float]:
+    return {"info_min": r.info["info_min"]}
+
+
+@score("cat_acc", "maximize", base=True, needs=("labels",))
+def _cat_acc(r: Reading) -> dict[str, float]:
+    spec = r.ev.spec
+    first = next(i for i, code in enumerate(spec.codes) if code.kind == "categorical")
+    predicted = spec.split(r.q_real)[first].argmax(1).cpu().numpy()
+    return {"cat_acc": matched_accuracy(predicted, r.ev.labels.cpu().numpy(), spec.codes[first].n_classes)}
+
+
+@score("bic_gen", None, base=True)
+def _bic_gen(r: Reading) -> dict[str, float]:
+    spec = r.ev.spec
+    table = make_table(code_columns(spec, r.ev.c, "c") | code_columns(spec, r.q_gen, "q"), spec)
+    return {"bic_gen": bic(r.ev.graph, table) / len(table)}
+
+
+# ---- the extra scores --------------------------------------------------------------------------
+
+DISENTANGLEMENT = ("mig", "dci", "sap", "modularity", "factorvae", "betavae")
+HEADLINE = {"dci": "dci_disentanglement"}  # the key under which a metric reports its headline number
+
+
+def _disentanglement(name: str) -> Callable[[Reading], dict[str, float]]:
+    def compute(r: Reading) -> dict[str, float]:
+        scores = r.disentanglement
+        own = {k: v for k, v in scores.items() if k in (name, f"time/{name}", "time/codes") or k.startswith(f"{name}_")}
+        return own | {name: scores[HEADLINE.get(name, name)]}
+
+    return compute
+
+
+for _name in DISENTANGLEMENT:
+    score(_name, "maximize", base=False, needs=("factors",))(_disentanglement(_name))
+
+
+@score("shd", "minimize", base=False, needs=("true_graph",))
+def _shd(r: Reading) -> dict[str, float]:
+    from structsearch import metrics
+
+    rng = np.random.default_rng(r.ev.seed)
+    codes, factors = metrics.generate_factor_codes(r.represent, r.ev.dataset, r.ev.n_eval, rng)
+    matching = metrics.match_codes(codes, factors)
+    value = float(metrics.shd(r.ev.graph.q_edges, r.ev.dataset.true_edges, matching))
+    logger.info("shd %d with code->factor matching %s", value, matching)
+    return {"shd": value}
+
+
+@score("fid", "minimize", base=False, needs=("labels_or_factors",))
+def _fid(r: Reading) -> dict[str, float]:
+    from structsearch import metrics
+
+    ev = r.ev
+    n = max(ev.n_eval, round(metrics.FID_N_SAMPLES * ev.scale))  # 10,000 at the comparable scale
+    net, _ = metrics.load_or_train_feature_net(ev.dataset, device=ev.device)
+    real, _ = ev.dataset.test_images(n)
+    z, c = ev.sample(len(real), torch.Generator(ev.device).manual_seed(ev.seed))
+    return {"fid": float(metrics.fid(real.to(ev.device), generate(r.G, z, c), net))}
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def q_codes(D: torch.nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Q's raw outputs (N, code_dim) on images, in batches, eval mode."""
+    with evaluating(D):
+        return torch.cat([D.q(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]).float()
+
+
+@torch.no_grad()
+def generate(G: torch.nn.Module, z: torch.Tensor, c: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """G's images of (z, c), in batches, eval mode."""
+    with evaluating(G):
+        return torch.cat([G(z[i : i + batch_size], c[i : i + batch_size]) for i in range(0, len(z), batch_size)])
+
+
+def code_columns(spec: LatentSpec, flat: torch.Tensor, prefix: str) -> dict[str, np.ndarray]:
+    """(N, code_dim) -> {"q1": classes or values, ...}: categorical as argmax class, continuous as value."""
+    columns = {}
+    for code, part in zip(spec.codes, spec.split(flat)):
+        name = prefix + code.name[1:]
+        columns[name] = part.argmax(1).cpu().numpy() if code.kind == "categorical" else part[:, 0].cpu().numpy()
+    return columns
+
+
+def info_scores(spec: LatentSpec, c: torch.Tensor, q_out: torch.Tensor) -> dict[str, float]:
+    """``info`` (mean), ``info_min`` and ``info/cK`` of codes c read back as Q's outputs q_out."""
+    per_code = {}
+    for code, ci, qi in zip(spec.codes, spec.split(c), spec.split(q_out)):
+        if code.kind == "categorical":
+            per_code[code.name] = (qi.argmax(1) == ci.argmax(1)).float().mean().item()
+        else:
+            per_code[code.name] = readback_r2(ci[:, 0], qi[:, 0])
+    return {"info": float(np.mean(list(per_code.values()))), "info_min": min(per_code.values())} | {
+        f"info/{k}": v for k, v in per_code.items()
+    }
+
+
+def readback_r2(c: torch.Tensor, q: torch.Tensor) -> float:
+    """R^2 of the least-squares line c ~ a q + b, i.e. corr(c, q)^2 (0 for a constant q, NaN for a
+    non-finite one)."""
+    c, q = c.double() - c.double().mean(), q.double() - q.double().mean()
+    denom = (c @ c) * (q @ q)
+    if not torch.isfinite(denom):
+        return float("nan")
+    return float((c @ q) ** 2 / denom) if denom > 0 else 0.0
+
+
+def matched_accuracy(predicted: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Accuracy of a clustering under the best one-to-one matching of clusters to labels."""
+    confusion = np.zeros((k, max(k, int(labels.max()) + 1)), dtype=np.int64)
+    np.add.at(confusion, (predicted, labels), 1)
+    rows, cols = linear_sum_assignment(-confusion)
+    return float(confusion[rows, cols].sum() / len(labels))
