@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from structsearch import cli
 from structsearch.datasets.shapes import GRAPHS
 from structsearch.identifiability import (
     MAX_CONDITION,
@@ -110,3 +111,26 @@ def test_table_has_one_row_per_coordinate_system_and_the_verdict(collider_result
     assert lines[2].split()[:2] == ["factors", "width,"] and "q1->q3, q2->q3" in lines[2]
     assert "(no edges)" in lines[3]
     assert lines[-1] == "verdict: " + VERDICT_CHANGES
+
+
+def test_cli_prints_the_table(capsys) -> None:
+    assert cli.main(["identifiability", "--shapes-graph", "collider", "--n", "2000", "--remixes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "exogenous" in out and "remix 2" in out and "remix 3" not in out
+    assert VERDICT_CHANGES in out
+
+
+def test_cli_accepts_a_graph_as_text(capsys) -> None:
+    assert cli.main(["identifiability", "--shapes-graph", "q2->q1, q2->q3", "--n", "2000", "--remixes", "0"]) == 0
+    assert "truth: q2->q1, q2->q3;" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("graph", "message"), [("q1->q2, q2->q1", "cycle through q1, q2"), ("q1->q9", "bad edge q1->q9; nodes are q1")]
+)
+def test_cli_bad_graph_is_a_one_line_usage_error(capsys, graph: str, message: str) -> None:
+    assert cli.main(["identifiability", "--shapes-graph", graph]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.strip().splitlines()) == 1
+    assert message in captured.err and "Traceback" not in captured.err
