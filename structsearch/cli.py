@@ -245,6 +245,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_identifiability(args: argparse.Namespace) -> int:
+    from structsearch.identifiability import coordinate_check, format_table
+
+    with _as_usage_errors(ValueError):  # a bad graph is a DatasetError, which main reports itself
+        results = coordinate_check(args.shapes_graph, n=args.n, seed=args.seed, n_remixes=args.remixes)
+    print(f"shapes factors: n={args.n}, seed {args.seed}, {args.remixes} random remixes")
+    print(format_table(results))
+    return 0
+
+
 def _print_top(study, cfg, top: int) -> None:
     from structsearch import study as study_mod
 
@@ -443,6 +453,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--tracking", help="MLflow URI to log to (default: the run's own), or 'none'")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "identifiability", help="score all 25 DAGs on shapes' true factors in several coordinate systems (no training)"
+    )
+    p.add_argument(
+        "--shapes-graph",
+        default="collider",
+        help="true graph: collider, chain, fork, independent, or edges like 'q2->q1, q2->q3' (default: collider)",
+    )
+    p.add_argument("--n", type=int, default=5000, help="factor rows sampled (default: 5000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample and of the remixes (default: 0)")
+    p.add_argument("--remixes", type=int, default=3, help="random invertible linear remixes (default: 3)")
+    p.set_defaults(func=cmd_identifiability)
 
     p = sub.add_parser("ui", help="start the MLflow UI on the project's tracking store, bound to 127.0.0.1")
     p.add_argument("--runs-dir", default="runs")
