@@ -249,8 +249,9 @@ def _preset_edges(name: str, spec: LatentSpec) -> list[Edge]:
     if name == "fork":
         _need(spec, 3, name)
         return ident + [("q1", "q2"), ("q1", "q3")]
-    if name == "complete":  # every q_i -> q_j, i < j (where the categorical rule allows)
-        return ident + [(f"q{i}", f"q{j}") for i in range(1, n + 1) for j in range(i + 1, n + 1)]
+    if name == "complete":  # every q_i -> q_j, i before j with categorical codes first (scoring's saturated order)
+        order = sorted(range(1, n + 1), key=lambda i: spec.codes[i - 1].kind != "categorical")
+        return ident + [(f"q{i}", f"q{j}") for a, i in enumerate(order) for j in order[a + 1 :]]
     raise KeyError(name)
 
 
@@ -260,7 +261,7 @@ PRESETS: dict[str, str] = {
     "entangled-inputs": "independent + c1->q3, c2->q3",
     "chain": "independent + q1->q2, q2->q3",
     "fork": "independent + q1->q2, q1->q3",
-    "complete": "independent + qi->qj for all i < j",
+    "complete": "independent + qi->qj for all i before j, categorical codes first then by index",
     "empty": "no edges",
 }
 
@@ -270,10 +271,6 @@ def preset(name: str, spec: LatentSpec) -> Graph:
         edges = _preset_edges(name, spec)
     except KeyError:
         raise GraphError(f"unknown graph preset {name!r}; presets are {', '.join(PRESETS)}") from None
-    if name == "complete":  # drop the edges the categorical rule forbids
-        edges = [
-            (u, v) for u, v in edges if not (spec.code(v).kind == "categorical" and spec.code(u).kind == "continuous")
-        ]
     return Graph(spec, tuple(edges))
 
 

@@ -90,8 +90,9 @@ def test_presets() -> None:
     assert preset("independent", MNIST).key == "c1->q1, c2->q2, c3->q3"
     assert preset("collider", CONT3).key == "c1->q1, c2->q2, c3->q3, q1->q3, q2->q3"
     assert load_graph("entangled", CONT3) == preset("collider", CONT3)
-    # complete on mnist drops the forbidden continuous -> categorical edges only
+    # complete: every q pair joined, categorical codes first so that no edge is continuous -> categorical
     assert preset("complete", MNIST).q_edges == (("q1", "q2"), ("q1", "q3"), ("q2", "q3"))
+    assert preset("complete", get_spec("cont,cat10,cont")).q_edges == (("q2", "q1"), ("q1", "q3"), ("q2", "q3"))
     for name in PRESETS:
         preset(name, CONT3)
     with pytest.raises(GraphError, match="unknown graph preset 'nope'; presets are independent"):
