@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
+from gan.dag import markov_class
 from gan.latents import continuous_spec
 from gan.train import TrainConfig
 from structsearch import scores
@@ -78,19 +79,6 @@ def candidate_edges(name: str, truth: tuple[Edge, ...]) -> tuple[Edge, ...]:
 
 def skeleton(edges) -> frozenset:
     return frozenset(frozenset(e) for e in edges)
-
-
-def markov_class(edges) -> tuple[frozenset, frozenset]:
-    """(skeleton, v-structures): equal exactly for Markov-equivalent DAGs (Verma and Pearl)."""
-    adjacent = skeleton(edges)
-    parents = {v: {u for u, w in edges if w == v} for _, v in edges}
-    v_structures = {
-        (frozenset((a, b)), v)
-        for v, ps in parents.items()
-        for a, b in itertools.combinations(sorted(ps), 2)
-        if frozenset((a, b)) not in adjacent
-    }
-    return adjacent, frozenset(v_structures)
 
 
 # ---- the grid ------------------------------------------------------------------------------

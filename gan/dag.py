@@ -1,14 +1,15 @@
 """The project's one graph-algorithm layer: node order, topological order, cycles (networkx-backed).
 
 Nodes are code nodes named ``c1, c2, ...`` (inputs of G) and ``q1, q2, ...`` (what Q reads back),
-as in docs/design.md section 2. Every module that needs a topological order, an acyclicity check
-or a cycle to name uses these functions; gan/ may import this module and stays free of
+as in docs/design.md section 2. Every module that needs a topological order, an acyclicity check,
+a cycle to name or a Markov equivalence class uses these functions; gan/ may import this module and stays free of
 structsearch, optuna, mlflow and pgmpy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Mapping
+import itertools
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 
 import networkx as nx
 
@@ -55,3 +56,55 @@ def find_cycle(edges: Iterable[Edge]) -> list[str] | None:
 
 def is_acyclic(edges: Iterable[Edge]) -> bool:
     return find_cycle(edges) is None
+
+
+# ---- Markov equivalence ----------------------------------------------------------------------
+
+
+def all_dags(nodes: Sequence[str]) -> list[tuple[Edge, ...]]:
+    """Every labelled DAG over ``nodes`` (25 over 3, 543 over 4), sparsest first, then by sorted edges."""
+    pairs = list(itertools.combinations(nodes, 2))
+    dags = []
+    for choice in itertools.product((0, 1, -1), repeat=len(pairs)):
+        edges = tuple(sorted((u, v) if c == 1 else (v, u) for (u, v), c in zip(pairs, choice) if c))
+        if is_acyclic(edges):
+            dags.append(edges)
+    return sorted(dags, key=lambda e: (len(e), e))
+
+
+def markov_class(edges: Iterable[Edge]) -> tuple[frozenset, frozenset]:
+    """(skeleton, v-structures): equal exactly for Markov-equivalent DAGs (Verma and Pearl 1990).
+
+    The skeleton is the set of unordered adjacent pairs; a v-structure a -> v <- b with a and b not
+    adjacent is ({a, b}, v).
+    """
+    edges = list(edges)
+    skeleton = frozenset(frozenset(e) for e in edges)
+    parents: dict[str, list[str]] = {}
+    for u, v in edges:
+        parents.setdefault(v, []).append(u)
+    v_structures = frozenset(
+        (frozenset((a, b)), v)
+        for v, ps in parents.items()
+        for a, b in itertools.combinations(sorted(ps), 2)
+        if frozenset((a, b)) not in skeleton
+    )
+    return skeleton, v_structures
+
+
+def markov_equivalent(a: Iterable[Edge], b: Iterable[Edge]) -> bool:
+    return markov_class(a) == markov_class(b)
+
+
+def cpdag(edges: Iterable[Edge], nodes: Sequence[str]) -> tuple[tuple[Edge, ...], tuple[Edge, ...]]:
+    """The class of a DAG as a CPDAG: (directed edges, undirected pairs as sorted (u, v)).
+
+    An edge is directed when every DAG of the class orients it the same way (a compelled edge),
+    found by enumerating the class among :func:`all_dags` (fine for the few nodes of a latent spec).
+    """
+    key = markov_class(edges)
+    members = [d for d in all_dags(nodes) if markov_class(d) == key]
+    common = set(members[0]).intersection(*members[1:])
+    directed = tuple(sorted(common, key=lambda e: (node_order(e[0]), node_order(e[1]))))
+    undirected = {tuple(sorted(e, key=node_order)) for e in key[0]} - {tuple(sorted(e, key=node_order)) for e in common}
+    return directed, tuple(sorted(undirected, key=lambda e: (node_order(e[0]), node_order(e[1]))))

@@ -1,6 +1,6 @@
 r"""The prior of the codes fed to G: independent (InfoGAN) or a linear SCM over the graph.
 
-With ``code_prior = "graph"`` (DESIGN.md section 4) the continuous codes are drawn from a linear
+With ``code_prior = "graph"`` (docs/design.md section 4) the continuous codes are drawn from a linear
 structural causal model over the graph's q-to-q edges, so that the graph matters on the
 generator's side too (as CausalGAN and DEAR put an SCM in the generator's prior). In a
 topological order of the codes, with P(v) the continuous q-parents of code v and k = |P(v)|:

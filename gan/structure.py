@@ -1,7 +1,7 @@
 r"""The structural regularizer R_G: a Bayesian-network score of the codes under a graph.
 
 For a batch of N generated samples, with c the codes fed to G and q = Q(G(z, c)), every q node v
-with parents pa(v) gets a local term fitted in closed form on the batch (DESIGN.md section 3):
+with parents pa(v) gets a local term fitted in closed form on the batch (docs/design.md section 3):
 
 * continuous v, standardized over the batch: the linear-Gaussian MLE
   beta = argmin ||v - X beta||^2 + ridge ||beta||^2 with X = [parents, 1] (categorical parents as

@@ -1,6 +1,6 @@
 """Search spaces: each turns an Optuna trial into a graph that is valid by construction.
 
-DESIGN.md section 5. ``make_space("ordered", spec)`` is the entry point; ``SPACES`` names them:
+docs/design.md section 5. ``make_space("ordered", spec)`` is the entry point; ``SPACES`` names them:
 
 * ``ordered`` (default): a priority per q node plus a boolean per joinable pair;
 * ``fixed-order``: a given order of the q nodes plus edge booleans;

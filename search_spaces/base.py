@@ -1,6 +1,6 @@
 """What every search space shares: the constraints on graphs and the ``SearchSpace`` contract.
 
-A search space turns one Optuna trial into one graph that is valid by construction (DESIGN.md
+A search space turns one Optuna trial into one graph that is valid by construction (docs/design.md
 section 5). Constraints are applied inside the space, never by rejecting proposals:
 
 * required edges (``ci -> qi`` for every code unless given) are in every proposal;

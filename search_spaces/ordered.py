@@ -3,7 +3,7 @@
 Per trial the space suggests ``prio_qi`` in [0, 1] for every q node and ``edge_qi_qj`` (i < j)
 for every q pair that may be joined, plus ``edge_ci_qj`` for every optional input edge. The q
 nodes are put in one total order and every switched-on q pair points from the earlier node to
-the later one, so every proposal is acyclic (DESIGN.md section 5).
+the later one, so every proposal is acyclic (docs/design.md section 5).
 
 The order is Kahn's topological sort of the precedence constraints, taking the ready node with
 the lowest ``(priority, index)`` first. The precedence constraints are the required q-q edges and

@@ -1,6 +1,6 @@
 """The graph value type: a DAG over the input codes ``ci`` and the extracted codes ``qi``.
 
-Per DESIGN.md section 2 a latent spec with codes c1..cK gives 2K nodes: ``ci``, the code fed
+Per docs/design.md section 2 a latent spec with codes c1..cK gives 2K nodes: ``ci``, the code fed
 to G, and ``qi``, the code Q reads back from the generated image. Edges ``ci -> qj`` say which
 inputs control which extracted feature; edges ``qi -> qj`` say which extracted features cause
 which. A graph is validated once, when it is built; afterwards it is an immutable value whose

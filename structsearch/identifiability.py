@@ -32,13 +32,12 @@ the number of DAGs scoring strictly better (a truth tied with the best has rank 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import networkx as nx
 import numpy as np
 
+from gan import dag
 from gan.latents import get_spec
 from structsearch.datasets.shapes import FACTOR_NAMES, NODES, GraphLike, LinearSCM, parse_graph
 from structsearch.scoring import make_table, score_families
@@ -65,27 +64,6 @@ class CoordinateResult:
     truth_bic: float  # BIC per row of the true DAG
     truth_rank: int  # 1 + number of DAGs scoring strictly better than the truth
     equivalent: bool  # the best DAG is Markov-equivalent to the truth
-
-
-def all_dags(nodes: Sequence[str] = NODES) -> list[Edges]:
-    """Every labelled DAG over ``nodes`` (25 over 3), sparsest first, then by sorted edges.
-
-    Each unordered pair {u, v} is absent, u->v or v->u (3^3 = 27 graphs over 3 nodes); the two
-    directed 3-cycles are dropped.
-    """
-    dags = []
-    pairs = list(itertools.combinations(nodes, 2))
-    for choice in itertools.product((None, "forward", "backward"), repeat=len(pairs)):
-        edges = tuple(sorted((u, v) if c == "forward" else (v, u) for (u, v), c in zip(pairs, choice) if c))
-        if nx.is_directed_acyclic_graph(_digraph(edges, nodes)):
-            dags.append(edges)
-    return sorted(dags, key=lambda e: (len(e), e))
-
-
-def markov_equivalent(edges_a: Edges, edges_b: Edges, nodes: Sequence[str] = NODES) -> bool:
-    """Whether two DAGs are Markov-equivalent: same skeleton and same v-structures (Verma and Pearl, 1990)."""
-    a, b = _digraph(edges_a, nodes), _digraph(edges_b, nodes)
-    return _skeleton(a) == _skeleton(b) and _v_structures(a) == _v_structures(b)
 
 
 def factor_values(true_graph: GraphLike, n: int, seed: int, n_levels: int = 16, noise: float = 0.5) -> np.ndarray:
@@ -135,7 +113,7 @@ def bic_per_row(values: np.ndarray, dags: Sequence[Edges]) -> list[float]:
 
 def score_coordinates(name: str, description: str, values: np.ndarray, truth: Edges) -> CoordinateResult:
     """Score all 25 DAGs on one coordinate system and compare the best with the truth."""
-    dags = all_dags()
+    dags = dag.all_dags(NODES)
     scores = np.array(bic_per_row(values, dags))
     best_score, truth_score = scores.max(), scores[dags.index(truth)]
     best = dags[int(np.flatnonzero(scores >= best_score - TIE_TOL)[0])]
@@ -148,7 +126,7 @@ def score_coordinates(name: str, description: str, values: np.ndarray, truth: Ed
         best_bic=float(best_score),
         truth_bic=float(truth_score),
         truth_rank=1 + int((scores > truth_score + TIE_TOL).sum()),
-        equivalent=markov_equivalent(best, truth),
+        equivalent=dag.markov_equivalent(best, truth),
     )
 
 
@@ -213,34 +191,9 @@ def format_table(results: Sequence[CoordinateResult]) -> str:
 def verdict(results: Sequence[CoordinateResult]) -> str:
     """Whether the best DAGs of the coordinate systems are all Markov-equivalent to one another."""
     first = results[0].best_edges
-    same = all(markov_equivalent(first, r.best_edges) for r in results)
+    same = all(dag.markov_equivalent(first, r.best_edges) for r in results)
     return VERDICT_SAME if same else VERDICT_CHANGES
 
 
 def _edges_text(edges: Edges) -> str:
     return ", ".join(map("->".join, edges)) or "(no edges)"
-
-
-def _digraph(edges: Edges, nodes: Sequence[str]) -> nx.DiGraph:
-    unknown = {v for e in edges for v in e} - set(nodes)
-    if unknown:
-        raise ValueError(f"edges {edges} name nodes {sorted(unknown)} outside {', '.join(nodes)}")
-    graph = nx.DiGraph()
-    graph.add_nodes_from(nodes)
-    graph.add_edges_from(edges)
-    return graph
-
-
-def _skeleton(graph: nx.DiGraph) -> set[frozenset[str]]:
-    return {frozenset(e) for e in graph.edges}
-
-
-def _v_structures(graph: nx.DiGraph) -> set[tuple[frozenset[str], str]]:
-    """Colliders a -> c <- b with a and b not adjacent, as ({a, b}, c)."""
-    skeleton = _skeleton(graph)
-    return {
-        (frozenset((a, b)), c)
-        for c in graph.nodes
-        for a, b in itertools.combinations(sorted(graph.predecessors(c)), 2)
-        if frozenset((a, b)) not in skeleton
-    }

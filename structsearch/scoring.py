@@ -18,7 +18,7 @@ independent MNIST codes (N=2000) the independent graph scored +0.079, +0.055 and
 0.5 log(N) / N * 46 = 0.0874, whatever the classes used (scores +0.079, +0.084, +0.087).
 
 * :func:`bic` -- the graph's BIC over the nodes present in the table.
-* :func:`delta_bic` -- DESIGN.md section 4's ``struct_bic``: BIC of the graph's q part minus the
+* :func:`delta_bic` -- docs/design.md section 4's ``struct_bic``: BIC of the graph's q part minus the
   BIC of the saturated q graph (:func:`saturated_q_families`) on the same table, per row. Being
   relative to the saturated model on the same table, codes that become deterministic do not
   inflate it; higher is better, and the complete graph (``preset("complete")``) scores exactly 0.

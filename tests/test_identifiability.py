@@ -10,13 +10,11 @@ from structsearch.datasets.shapes import GRAPHS
 from structsearch.identifiability import (
     MAX_CONDITION,
     VERDICT_CHANGES,
-    all_dags,
     bic_per_row,
     coordinate_check,
     exogenous,
     factor_values,
     format_table,
-    markov_equivalent,
     random_remix,
 )
 
@@ -28,25 +26,6 @@ COMPLETE = (("q1", "q2"), ("q1", "q3"), ("q2", "q3"))
 @pytest.fixture(scope="module")
 def collider_results():
     return coordinate_check("collider", n=5000, seed=0, n_remixes=3)
-
-
-def test_all_dags_are_the_25_labelled_dags_on_3_nodes() -> None:
-    dags = all_dags()
-    assert len(dags) == len(set(dags)) == 25
-    assert dags[0] == ()
-    assert sum(len(d) == 3 for d in dags) == 6  # the 3! topological orders of a complete DAG
-    assert (("q1", "q2"), ("q2", "q3"), ("q3", "q1")) not in dags
-
-
-def test_markov_equivalence() -> None:
-    reversed_chain = (("q2", "q1"), ("q3", "q2"))
-    assert markov_equivalent(CHAIN, reversed_chain)
-    assert markov_equivalent(CHAIN, (("q2", "q1"), ("q2", "q3")))  # the fork at q2
-    assert not markov_equivalent(CHAIN, COLLIDER)  # another skeleton, and a v-structure at q3
-    assert not markov_equivalent(CHAIN, (("q1", "q2"), ("q3", "q2")))  # same skeleton, a v-structure at q2
-    assert markov_equivalent(COMPLETE, (("q3", "q2"), ("q3", "q1"), ("q2", "q1")))
-    with pytest.raises(ValueError, match="q9"):
-        markov_equivalent((("q1", "q9"),), ())
 
 
 def test_bic_is_score_equivalent() -> None:

@@ -121,7 +121,7 @@ def test_one_step_changes_every_parameter() -> None:
 
 
 def test_param_count_of_infogan_mnist() -> None:
-    # InfoGAN-MNIST: about 13.3M parameters for G + D + Q (DESIGN.md section 7).
+    # InfoGAN-MNIST: about 13.3M parameters for G + D + Q (docs/design.md section 7).
     G, D = build_models(SPECS["mnist"], (1, 28, 28), width=1.0)
     g, d = param_count(G), param_count(D)
     assert 6.4e6 < g < 6.9e6

@@ -1,4 +1,4 @@
-"""Search spaces (DESIGN.md section 5): one contract suite over every space, plus known answers.
+"""Search spaces (docs/design.md section 5): one contract suite over every space, plus known answers.
 
 The checks here are written independently of the spaces' own constraint code: a proposal is
 valid when the Graph builds, networkx and pgmpy agree it is acyclic, and the required,

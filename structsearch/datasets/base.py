@@ -1,7 +1,7 @@
 """The one interface every dataset offers to training, evaluation and the metrics.
 
 Images live on the dataset's device as tensors and batches are drawn by indexing (no DataLoader
-workers, see DESIGN.md section 7). Every image a dataset hands out is float32 in [-1, 1], shape
+workers, see docs/design.md section 7). Every image a dataset hands out is float32 in [-1, 1], shape
 (B, C, H, W), because G ends in tanh.
 
 Where files are looked for, in order: the ``data_dir`` argument (``--data-dir``), the environment

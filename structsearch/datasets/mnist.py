@@ -56,7 +56,7 @@ def _standard_files(sha256: tuple[str, str, str, str]) -> tuple[IdxFile, IdxFile
 
 
 SOURCES: dict[str, IdxSource] = {
-    # Checksums from /work/shared/data/mnist/README.md (sha256 of the raw files).
+    # sha256 of the raw (uncompressed) files of the published MNIST release.
     "mnist": IdxSource(
         "mnist",
         _standard_files(
