@@ -32,7 +32,7 @@ from gan.latents import LatentSpec
 from gan.losses import d_loss, g_loss, info_loss
 from gan.models import build_models
 from gan.prior import CodePrior
-from gan.structure import Form, StructuralLoss
+from gan.structure import Correction, Form, StructuralLoss
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,10 @@ class TrainConfig:
     struct_form: Form = doc_field("form of R_G", "deviance")
     struct_floor: float = doc_field("floor of the fitted variance, standardized units", 0.05)
     struct_edge_cap: float = doc_field("perfect_map: the most reward one edge earns, in nats", 1.0)
+    struct_correction: Correction = doc_field(
+        "small-batch correction of R_G's per-batch fits: unbiased (a true graph scores ~0), or none (in-sample)",
+        "unbiased",
+    )
     code_prior: CodePriorKind = doc_field(
         "prior of the codes fed to G: independent (InfoGAN) or a linear SCM over the graph's q->q edges",
         "independent",
@@ -135,7 +139,14 @@ class Trainer:
         self.data_rng = torch.Generator(device).manual_seed(cfg.seed)
         self.latent_rng = torch.Generator(device).manual_seed(cfg.seed + 1)
         self.struct = (
-            StructuralLoss(spec, parents, cfg.struct_form, cfg.struct_floor, edge_cap=cfg.struct_edge_cap)
+            StructuralLoss(
+                spec,
+                parents,
+                cfg.struct_form,
+                cfg.struct_floor,
+                edge_cap=cfg.struct_edge_cap,
+                correction=cfg.struct_correction,
+            )
             if cfg.lambda_struct > 0
             else None
         )

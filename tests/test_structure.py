@@ -4,9 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
+from scipy.special import digamma
 
 from gan.latents import get_spec
-from gan.structure import FORMS, StructuralLoss, categorical_nll, family_loglik
+from gan.structure import CORRECTIONS, FORMS, StructuralLoss, categorical_nll, family_loglik
 from structsearch.graph import Graph, preset
 from structsearch.scoring import gauss_loglik
 
@@ -50,13 +52,14 @@ def test_likelihood_rewards_the_dependence_the_graph_asks_for() -> None:
     assert loss(c, dependent_q) < loss(c, noise_q) - 0.5
 
 
-def test_floor_bounds_the_likelihood_reward() -> None:
-    """With q3 an exact copy of q1, each node's reward stops at -1/2 log(floor)."""
+@pytest.mark.parametrize("correction", CORRECTIONS)
+def test_floor_bounds_the_likelihood_reward(correction: str) -> None:
+    """With q3 an exact copy of q1, each node's reward stops at -1/2 log(floor), corrected or not."""
     c = torch.rand(256, 3) * 2 - 1
     q = c.clone()
     q[:, 2] = q[:, 0]
-    tight = StructuralLoss(CONT3, COLLIDER.parents(), form="likelihood", floor=1e-4)(c, q)
-    floored = StructuralLoss(CONT3, COLLIDER.parents(), form="likelihood", floor=0.05)(c, q)
+    tight = StructuralLoss(CONT3, COLLIDER.parents(), form="likelihood", floor=1e-4, correction=correction)(c, q)
+    floored = StructuralLoss(CONT3, COLLIDER.parents(), form="likelihood", floor=0.05, correction=correction)(c, q)
     half_log_2pi_e = 0.5 * np.log(2 * np.pi) + 0.5
     assert floored.item() == pytest.approx(3 * (half_log_2pi_e + 0.5 * np.log(0.05)), rel=1e-4)
     assert tight < floored - 5
@@ -64,9 +67,15 @@ def test_floor_bounds_the_likelihood_reward() -> None:
 
 def test_deviance_is_zero_when_the_batch_obeys_the_graph_and_positive_otherwise() -> None:
     independent = preset("independent", CONT3)
-    obeying = StructuralLoss(CONT3, independent.parents(), form="deviance")(*_codes(2048, 1, q3_from_parents=False))
+    obeying, in_sample = (
+        StructuralLoss(CONT3, independent.parents(), form="deviance", correction=correction)(
+            *_codes(2048, 1, q3_from_parents=False)
+        )
+        for correction in ("unbiased", "none")
+    )
     violating = StructuralLoss(CONT3, independent.parents(), form="deviance")(*_codes(2048, 1, q3_from_parents=True))
-    assert 0 <= obeying.item() < 0.01
+    assert 0 <= in_sample.item() < 0.01  # the in-sample likelihood ratio is never negative
+    assert abs(obeying.item()) < 0.01  # the unbiased one is 0 in expectation, so either sign
     assert violating.item() > 0.3
 
 
@@ -76,14 +85,22 @@ def test_deviance_is_zero_for_the_complete_graph() -> None:
     assert abs(value.item()) < 1e-3
 
 
+def _half_psi(n: int, p: int) -> float:
+    """1/2 psi((N - p) / 2): the in-sample bias of a Gaussian nll with p coefficients, up to a constant in p."""
+    return 0.5 * float(digamma((n - p) / 2))
+
+
+@pytest.mark.parametrize("correction", CORRECTIONS)
 @pytest.mark.parametrize(
     "edges", ["c1->q1, c2->q2, c3->q3", "c1->q1, c2->q2, c3->q3, q1->q3", "c1->q1, q3->q1, c2->q3"]
 )
-def test_deviance_equals_pgmpy_loglik_ratio_of_the_saturated_graph(edges: str) -> None:
+def test_deviance_equals_pgmpy_loglik_ratio_of_the_saturated_graph(edges: str, correction: str) -> None:
+    """In-sample: pgmpy's ratio; corrected: plus sum_v 1/2 (psi((N - p_full)/2) - psi((N - p_pa)/2))."""
     graph = Graph.parse(edges, CONT3)
     c, q = _codes(1000, 3, q3_from_parents=True, noise=0.3)
     q = q * torch.tensor([2.0, 0.5, 3.0]) + 1.0  # raw, unstandardized values
-    deviance = StructuralLoss(CONT3, graph.parents(), form="deviance", floor=1e-9, ridge=0.0)(c.double(), q.double())
+    loss = StructuralLoss(CONT3, graph.parents(), form="deviance", floor=1e-9, ridge=0.0, correction=correction)
+    deviance = loss(c.double(), q.double())
 
     df = pd.DataFrame(
         {
@@ -93,7 +110,11 @@ def test_deviance_equals_pgmpy_loglik_ratio_of_the_saturated_graph(edges: str) -
     )
     order = graph.topological_q_order()
     full = {v: ("c1", "c2", "c3") + order[:i] for i, v in enumerate(order)}
-    expected = (gauss_loglik(df, full) - gauss_loglik(df, graph.parents())) / len(df)
+    expected = in_sample = (gauss_loglik(df, full) - gauss_loglik(df, graph.parents())) / len(df)
+    if correction == "unbiased":  # every node continuous: p = parents + intercept
+        n, pa = len(df), graph.parents()
+        expected += sum(_half_psi(n, 1 + len(full[v])) - _half_psi(n, 1 + len(pa[v])) for v in order)
+        assert expected - in_sample < -1e-3  # the shift is there to see
     assert deviance.item() == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
@@ -167,7 +188,9 @@ def test_perfect_map_edge_term_equals_pgmpy_loglik_difference(edge: tuple[str, s
     """CMI(v; u | pa minus u) = (L(v | pa) - L(v | pa minus u)) / N on raw values."""
     c, q = _codes(1000, 6, q3_from_parents=True, noise=0.3)
     q = q * torch.tensor([2.0, 0.5, 3.0]) + 1.0  # raw, unstandardized values
-    loss = StructuralLoss(CONT3, COLLIDER.parents(), form="perfect_map", floor=1e-9, ridge=0.0, edge_cap=100.0)
+    loss = StructuralLoss(
+        CONT3, COLLIDER.parents(), form="perfect_map", floor=1e-9, ridge=0.0, edge_cap=100.0, correction="none"
+    )
     cmi = loss.edge_information(c.double(), q.double())[edge]
 
     df = pd.DataFrame(
@@ -230,3 +253,122 @@ def test_perfect_map_on_categorical_codes_uses_the_cpt_difference() -> None:
 def test_perfect_map_rejects_a_non_positive_cap() -> None:
     with pytest.raises(ValueError, match="edge cap"):
         StructuralLoss(CONT3, COLLIDER.parents(), form="perfect_map", edge_cap=0.0)
+
+
+# ---- small-batch correction ----------------------------------------------------------------
+
+MNIST = get_spec("cat10,cont,cont")
+
+
+def _collider_scm(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The collider exactly: q_i = c_i + 0.3 e_i (i = 1, 2), q3 = 0.6 q1 + 0.6 q2 + 0.5 c3 + 0.3 e3."""
+    _, c = CONT3.sample(n, g)
+    q = c + 0.3 * torch.randn(n, 3, generator=g)
+    q[:, 2] = 0.6 * q[:, 0] + 0.6 * q[:, 1] + 0.5 * c[:, 2] + 0.3 * torch.randn(n, generator=g)
+    return c, q
+
+
+def _mnist_scm(n: int, g: torch.Generator, q1_follows_c1: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """cat10,cont,cont: q1 logits 3 c1 + N(0, 1) (or 2 N(0, 1), independent of c1); q2 = c2 + 0.3 e;
+    q3 linear in q1's softmax, q2 and c3, + 0.3 e."""
+    _, c = MNIST.sample(n, g)
+    noise = torch.randn(n, 10, generator=g)
+    logits = 3 * c[:, :10] + noise if q1_follows_c1 else 2 * noise
+    p1 = F.softmax(logits, 1) @ torch.linspace(-1, 1, 10)
+    q2 = c[:, 10] + 0.3 * torch.randn(n, generator=g)
+    q3 = p1 + 0.6 * q2 + 0.5 * c[:, 11] + 0.3 * torch.randn(n, generator=g)
+    return c, torch.cat([logits, q2[:, None], q3[:, None]], 1)
+
+
+def _mean_deviance(spec, edges: str, draw, n: int, correction: str, n_draws: int = 400) -> float:
+    loss = StructuralLoss(spec, Graph.parse(edges, spec).parents(), form="deviance", correction=correction)
+    g = torch.Generator().manual_seed(0)
+    return torch.stack([loss(*draw(n, g)) for _ in range(n_draws)]).mean().item()
+
+
+def test_a_true_continuous_graph_scores_zero_at_batch_64_only_when_corrected() -> None:
+    edges = "c1->q1, c2->q2, c3->q3, q1->q3, q2->q3"
+    assert abs(_mean_deviance(CONT3, edges, _collider_scm, 64, "unbiased")) < 0.01
+    assert _mean_deviance(CONT3, edges, _collider_scm, 64, "none") > 0.05  # 7 / 2N = 0.055
+
+
+def test_a_true_graph_with_categorical_parents_scores_zero_at_batch_64_only_when_corrected() -> None:
+    """q2's and q3's saturated fits have c1's one-hot and q1's softmax columns: 9 coefficients each."""
+    edges = "c1->q1, c2->q2, c3->q3, q1->q3, q2->q3"
+    assert abs(_mean_deviance(MNIST, edges, _mnist_scm, 64, "unbiased")) < 0.01
+    assert _mean_deviance(MNIST, edges, _mnist_scm, 64, "none") > 0.2
+
+
+def test_the_jackknife_removes_most_of_a_categorical_familys_bias_at_batch_128() -> None:
+    """q1 free of every code, no parents: its term nll(q1) - nll(q1 | c1) has 81 more free parameters
+    in the saturated CPT. First order: at batch 64 (6 samples per configuration) 0.03 of 0.48 remains."""
+
+    def free(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return _mnist_scm(n, g, q1_follows_c1=False)
+
+    edges = "c2->q2, c3->q3, q1->q3, q2->q3"
+    assert abs(_mean_deviance(MNIST, edges, free, 128, "unbiased")) < 0.015
+    assert _mean_deviance(MNIST, edges, free, 128, "none") > 0.15
+
+
+def test_the_corrected_likelihood_is_unbiased_with_the_batch_standardization_counted() -> None:
+    """c1, q1 = c1 + e/2 Gaussian at batch 16: E[nll(q1 | c1)] = 1/2 log(2 pi e sigma^2 / Var q1), sigma^2 / Var = 0.2.
+
+    Dividing by the batch variance biases log(RSS / TSS) by psi((N - 1)/2) - psi((N - p)/2) (module
+    docstring); correcting RSS alone, -psi((N - p)/2) - log(2 / N), would leave +0.066 nats here."""
+    spec = get_spec("cont,cont")
+    population = 2 * (0.5 * np.log(2 * np.pi) + 0.5) + 0.5 * np.log(0.2)  # q2 has no parents: nll = 1/2 log(2 pi e)
+    g = torch.Generator().manual_seed(0)
+    means = {}
+    for correction in CORRECTIONS:
+        loss = StructuralLoss(spec, {"q1": ("c1",)}, form="likelihood", floor=1e-6, correction=correction)
+        draws = []
+        for _ in range(3000):
+            c = torch.randn(16, 2, generator=g)
+            draws.append(loss(c, c + 0.5 * torch.randn(16, 2, generator=g)))
+        means[correction] = torch.stack(draws).mean().item() - population
+    assert abs(means["unbiased"]) < 0.015  # standard error 0.004
+    assert means["none"] < -0.02  # expected 1/2 (psi(7) - psi(7.5)) = -0.037
+
+
+def test_jackknife_equals_refitting_without_each_sample() -> None:
+    g = torch.Generator().manual_seed(0)
+    child = F.softmax(2 * torch.randn(20, 4, generator=g), 1)
+    parent = F.softmax(3 * torch.randn(20, 3, generator=g), 1)
+    nll = categorical_nll(child, [parent]).item()
+    loo = [categorical_nll(child[torch.arange(20) != i], [parent[torch.arange(20) != i]]).item() for i in range(20)]
+    expected = nll - 19 * (np.mean(loo) - nll)
+    assert categorical_nll(child, [parent], correct=True).item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("spec", [CONT3, MNIST], ids=["cont3", "mnist"])
+def test_the_correction_vanishes_at_large_batch(form: str, spec) -> None:
+    parents = Graph.parse("c1->q1, c2->q2, c3->q3, q1->q3, q2->q3", spec).parents()
+    draw = _collider_scm if spec is CONT3 else _mnist_scm
+    small, large = draw(64, torch.Generator().manual_seed(1)), draw(20_000, torch.Generator().manual_seed(2))
+    corrected, in_sample = (StructuralLoss(spec, parents, form=form, correction=c) for c in ("unbiased", "none"))
+    assert abs(corrected(*large) - in_sample(*large)).item() < 1e-3
+    assert abs(corrected(*small) - in_sample(*small)).item() > 0.01
+
+
+@pytest.mark.parametrize("form", ["likelihood", "deviance"])
+@pytest.mark.parametrize("spec", [CONT3, MNIST], ids=["cont3", "mnist"])
+def test_the_correction_leaves_the_gradient_unchanged(form: str, spec) -> None:
+    """A constant shift per continuous family (no floor binds here); detached for categorical ones."""
+    parents = Graph.parse("c1->q1, c2->q2, c3->q3, q1->q3, q2->q3", spec).parents()
+    c, q = (_collider_scm if spec is CONT3 else _mnist_scm)(64, torch.Generator().manual_seed(3))
+    grads, values = [], []
+    for correction in CORRECTIONS:
+        q_out = q.clone().requires_grad_(True)
+        value = StructuralLoss(spec, parents, form=form, correction=correction)(c, q_out)
+        value.backward()
+        grads.append(q_out.grad)
+        values.append(value.item())
+    assert abs(values[0] - values[1]) > 0.02
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+def test_an_unknown_correction_is_refused() -> None:
+    with pytest.raises(ValueError, match="struct correction"):
+        StructuralLoss(CONT3, COLLIDER.parents(), correction="aic")
