@@ -5,7 +5,8 @@ docs/design.md section 5. ``make_space("ordered", spec)`` is the entry point; ``
 * ``ordered`` (default): a priority per q node plus a boolean per joinable pair;
 * ``fixed-order``: a given order of the q nodes plus edge booleans;
 * ``candidates``: an explicit list of graphs from a file;
-* ``brute-force``: every graph of a small space, enumerated up front.
+* ``brute-force``: every graph of a small space, enumerated up front;
+* ``classes``: one graph per Markov equivalence class of the q part (score-equivalent objectives).
 
 Search spaces import optuna and structsearch's graph model, never mlflow or torch directly.
 """
@@ -18,6 +19,7 @@ from gan.latents import LatentSpec, get_spec
 from search_spaces.base import Constraints, SearchSpace
 from search_spaces.brute_force import BruteForceSpace, enumerate_dags
 from search_spaces.candidates import CandidatesSpace, load_candidates
+from search_spaces.classes import SCORE_EQUIVALENT, ClassesSpace
 from search_spaces.fixed_order import FixedOrderSpace
 from search_spaces.ordered import OrderedSpace
 
@@ -26,6 +28,7 @@ SPACES: dict[str, type[SearchSpace]] = {
     "fixed-order": FixedOrderSpace,
     "candidates": CandidatesSpace,
     "brute-force": BruteForceSpace,
+    "classes": ClassesSpace,
 }
 
 
@@ -56,6 +59,8 @@ __all__ = [
     "SPACES",
     "BruteForceSpace",
     "CandidatesSpace",
+    "ClassesSpace",
+    "SCORE_EQUIVALENT",
     "Constraints",
     "FixedOrderSpace",
     "OrderedSpace",

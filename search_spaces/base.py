@@ -213,6 +213,14 @@ class SearchSpace(ABC):
     def params_for(self, graph: Graph) -> dict[str, object] | None:
         """Trial params that make ``suggest`` return ``graph`` (for ``study.enqueue_trial``), or None."""
 
+    def all_graphs(self, limit: int | None = None) -> list[Graph]:
+        """Every graph this space can propose, sparsest first (ValueError naming the size and the
+        limit when the space has more edge combinations than ``limit``, default ``MAX_COMBINATIONS``)."""
+        from search_spaces.brute_force import MAX_COMBINATIONS, enumerate_dags
+
+        graphs = enumerate_dags(self.spec, self.constraints, limit or MAX_COMBINATIONS)
+        return [g for g in graphs if self.params_for(g) is not None]
+
     def _roundtrips(self, params: dict[str, object], graph: Graph) -> bool:
         """Whether ``params`` really encode ``graph`` (guards ``params_for`` against edge cases)."""
         return self._propose(optuna.trial.FixedTrial(params)) == graph

@@ -36,10 +36,12 @@ def _pair_options(spec: LatentSpec, constraints: Constraints, required: tuple[Ed
     return options
 
 
-def enumerate_dags(spec: LatentSpec, constraints: Constraints | None = None) -> list[Graph]:
+def enumerate_dags(
+    spec: LatentSpec, constraints: Constraints | None = None, limit: int = MAX_COMBINATIONS
+) -> list[Graph]:
     """Every graph obeying ``constraints``, sparsest first (then by canonical key).
 
-    Raises ValueError when the space has more than ``MAX_COMBINATIONS`` edge combinations.
+    Raises ValueError naming the size when the space has more than ``limit`` edge combinations.
     """
     constraints = constraints or Constraints()
     required = constraints.validate(spec)
@@ -52,10 +54,10 @@ def enumerate_dags(spec: LatentSpec, constraints: Constraints | None = None) -> 
         if (f"c{i}", f"q{j}") not in required and constraints.allows(spec, f"c{i}", f"q{j}")
     ]
     size = math.prod(len(o) for o in pairs) * 2 ** len(inputs)
-    if size > MAX_COMBINATIONS:
+    if size > limit:
         raise ValueError(
-            f"brute force over {spec.describe()} would examine {size:,} edge combinations "
-            f"(limit {MAX_COMBINATIONS:,}); use the 'ordered' space or tighten the constraints"
+            f"enumerating the graphs over {spec.describe()} would examine {size:,} edge combinations "
+            f"(limit {limit:,}); use the 'ordered' space with a sampler other than grid, or tighten the constraints"
         )
     cap = constraints.max_parents
     graphs = []

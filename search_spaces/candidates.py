@@ -117,6 +117,9 @@ class CandidatesSpace(SearchSpace):
     def possible_edges(self) -> list[Edge]:
         return sorted_edges(e for g in self.graphs.values() for e in g.edges)
 
+    def all_graphs(self, limit: int | None = None) -> list[Graph]:
+        return list(self.graphs.values())
+
     def params_for(self, graph: Graph) -> dict[str, object] | None:
         if graph.spec != self.spec or graph.key not in self.graphs:
             return None

@@ -165,9 +165,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.device:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, device=args.device))
     with _as_usage_errors(ValueError):
-        prepared = search.prepare(cfg)
+        prepared = search.prepare(cfg, worker=study_mod.register_worker(cfg.storage_url(), cfg.study))
     study = search.optimize(cfg, prepared)
-    print(f"worker done: {study_mod.finished(study)}/{cfg.n_trials} trials finished in study {cfg.study}")
+    print(f"worker done: {study_mod.trained_graphs(study)}/{cfg.n_trials} graphs trained in study {cfg.study}")
     return 0
 
 
@@ -259,7 +259,8 @@ def _print_top(study, cfg, top: int) -> None:
     from structsearch import study as study_mod
 
     best = study_mod.ranked(study)[:top]
-    print(f"\nstudy {cfg.study}: {study_mod.finished(study)} trials finished; top {len(best)} graphs")
+    n_graphs, n_trials = study_mod.trained_graphs(study), study_mod.finished(study)
+    print(f"\nstudy {cfg.study}: {n_graphs} graphs trained in {n_trials} trials; top {len(best)} graphs")
     header = ["rank", "trial", *cfg.objectives, "info_min", "mlflow run", "graph"]
     rows = []
     for rank, t in enumerate(best, 1):
@@ -373,7 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("optimize", help="search graphs with Optuna: one trial = one graph trained and scored")
-    p.add_argument("--trials", type=int, default=50, help="finished trials the study should hold (default: 50)")
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=50,
+        help="distinct graphs to train (default: 50; the whole space when it holds fewer); repeats are free",
+    )
     p.add_argument("--study", help="study name (default: <dataset>-<space>); rerunning resumes it")
     p.add_argument(
         "--storage",
@@ -383,8 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--space",
         default="ordered",
-        choices=["ordered", "fixed-order", "candidates", "brute-force"],
-        help="search space (default: ordered)",
+        choices=["ordered", "fixed-order", "candidates", "brute-force", "classes"],
+        help="search space (default: ordered; classes: one DAG per Markov class, for struct_bic)",
     )
     p.add_argument("--cross-edges", action="store_true", help="also search edges ci->qj, i != j")
     p.add_argument("--max-parents", type=int, help="at most this many q parents per q node")
@@ -400,7 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--min-info", type=float, help="trials whose worst code has info below this are infeasible")
     p.add_argument(
-        "--sampler", default="tpe", choices=["tpe", "gp", "random", "nsga2"], help="Optuna sampler (default: tpe)"
+        "--sampler",
+        default="tpe",
+        choices=["tpe", "gp", "random", "nsga2", "grid"],
+        help="Optuna sampler (default: tpe; grid: every graph of the space once, Optuna's BruteForceSampler)",
     )
     p.add_argument(
         "--pruner", default="median", choices=["none", "median", "hyperband"], help="pruner (default: median)"
@@ -424,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="join an existing study from another process or machine")
     p.add_argument("--study", required=True)
     p.add_argument("--storage", required=True, help="the study's Optuna storage URL")
-    p.add_argument("--trials", type=int, help="finished trials to reach (default: the study's own)")
+    p.add_argument("--trials", type=int, help="distinct graphs the study should train (default: the study's own)")
     p.add_argument("--runs-dir", help="where this worker writes its runs (default: the study's)")
     p.add_argument("--tracking", help="MLflow tracking URI (default: the study's)")
     p.add_argument("--device", help="device of this worker (default: the study's)")

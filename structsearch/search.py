@@ -3,9 +3,15 @@
 docs/design.md section 5. The study itself (config, storage, sampler, ranking) is :mod:`structsearch.study`.
 
 * Seeds: on a new study, the ``independent`` graph and every ``--seed-graph`` are enqueued first.
-* Duplicates: a graph already completed in the study (same canonical key) is not trained again;
-  the trial returns the stored values and records ``duplicate_of``. Two workers that draw the
-  same new graph at the same moment both train it (the one documented race).
+* The budget: ``--trials N`` is N distinct graphs trained (or the whole space, when it holds fewer;
+  the study then ends saying so). A proposal that repeats a trained graph is answered from the
+  stored values (``duplicate_of``) so that the sampler learns, and counts for nothing. After
+  ``MAX_REPEATS`` repeats in a row, an untrained graph of the space is enqueued (``fill_in``).
+* Claims: before training, a trial claims its graph in the study's database (an atomic insert,
+  :func:`structsearch.study.claim_graph`); a worker whose proposal is claimed by a running trial
+  prunes it (``taken_by``) and takes another proposal, so no graph is trained twice.
+* Workers: each worker process has its own sampler seed, from the study seed and a worker index
+  recorded in the study's database.
 * Kills: trials send heartbeats; a trial whose process died is failed after ``grace_period``
   seconds by the next worker and re-enqueued with the same graph (``RetryHeartbeatStaleTrialCallback``),
   and the retry resumes the dead trial's checkpoint, under the dead trial's seed.
@@ -25,29 +31,35 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
-from search_spaces import SearchSpace
+from search_spaces import SCORE_EQUIVALENT, CandidatesSpace, SearchSpace
 from structsearch import scores, tracking
-from structsearch.graph import load_graph
+from structsearch.graph import Graph, load_graph
 from structsearch.study import (
     SearchConfig,
+    claim_graph,
     config_of,  # noqa: F401
     enqueue_seeds,
-    finished,
     fmt_values,
     load_existing,  # noqa: F401 (the CLI's entry points live here)
     make_search_space,
     open_study,
     ranked,
+    trained_graphs,
 )
 from structsearch.tracking import Tracker, make_tracker
 from structsearch.trial import Pruning, Recorder, graph_params, load_dataset, resolve_graph, run_trial
 
 logger = logging.getLogger(__name__)
 PARENT_ATTR = "mlflow_parent_run_id"
+MAX_REPEATS = 20
+"""Repeated proposals in a row after which an untrained graph of the space is enqueued."""
+ENUMERATE_LIMIT = 20_000
+"""Spaces with at most this many edge combinations are enumerated, to know when they are exhausted."""
 
 
 class Objective:
@@ -65,11 +77,13 @@ class Objective:
         self.cfg, self.study, self.dataset, self.space = cfg, study, dataset, space
         self.tracker, self.parent_run_id = tracker, parent_run_id
         self.possible_edges = space.possible_edges()
+        self.repeats = 0  # proposals in a row that repeated a trained graph
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...] | float:
         graph = self.space.suggest(trial)
         trial.set_user_attr("graph_key", graph.key)
         trial.set_user_attr("graph_json", graph.to_json(indent=None))
+        self.repeats += 1
         done = self._completed_with(graph.key)
         if done is not None:
             trial.set_user_attr("duplicate_of", done.number)
@@ -85,6 +99,12 @@ class Objective:
             return self._values(done.values)
 
         number = self._original_number(trial)  # a retry reuses the dead trial's seed and folder
+        holder = claim_graph(self.cfg.storage_url(), self.cfg.study, graph.key, number)
+        if holder != number:
+            trial.set_user_attr("taken_by", holder)
+            logger.info("trial %d: graph %s is trained by trial %d; taking another", trial.number, graph.key, holder)
+            raise optuna.TrialPruned(f"graph {graph.key} is trained by trial {holder}")
+        self.repeats = 0
         run = dataclasses.replace(
             self.cfg.run, train=dataclasses.replace(self.cfg.run.train, seed=self.cfg.seed * 10_000 + number)
         )
@@ -164,7 +184,7 @@ class Prepared:
     parent_run_id: str | None
 
 
-def prepare(cfg: SearchConfig) -> Prepared:
+def prepare(cfg: SearchConfig, worker: int = 0) -> Prepared:
     """Dataset, space, study (created or loaded, seeds enqueued), tracker and the parent run.
 
     Every user mistake (dataset, objective, space, constraints, seed graph, a study created with
@@ -176,27 +196,62 @@ def prepare(cfg: SearchConfig) -> Prepared:
     # The spec is stored with a new study: its trials never depend on the dataset's default spec.
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, codes=spec.text()))
     scores.check_objectives(cfg.objectives, dataset, spec)
+    if cfg.space == "classes" and (bad := [o for o in cfg.objectives if o not in SCORE_EQUIVALENT]):
+        raise ValueError(
+            f"--space classes trains one DAG per Markov class, which only a score-equivalent objective "
+            f"may rank; {', '.join(bad)} is not (use {', '.join(SCORE_EQUIVALENT)}, or --space brute-force)"
+        )
     space = make_search_space(cfg, spec)
-    study = open_study(cfg)
+    if cfg.sampler == "grid" and not isinstance(space, CandidatesSpace):  # one categorical choice to enumerate
+        space = CandidatesSpace(spec, space.constraints, graphs=space.all_graphs())
+    study = open_study(cfg, worker)
     enqueue_seeds(study, space, [independent] + [load_graph(g, spec) for g in cfg.seed_graphs])
     tracker = make_tracker(cfg.tracking, f"study-{cfg.study}", Path(cfg.runs_dir))
     return Prepared(cfg, study, dataset, space, tracker, _parent_run(study, tracker, cfg, space))
 
 
 def optimize(cfg: SearchConfig, prepared: Prepared | None = None) -> optuna.Study:
-    """Run trials in this process until the study holds ``n_trials`` finished ones."""
+    """Run trials in this process until the study has trained ``n_trials`` distinct graphs (or every
+    graph of the space)."""
     p = prepared or prepare(cfg)
     cfg, study, tracker = p.cfg, p.study, p.tracker
     objective = Objective(cfg, study, p.dataset, p.space, tracker, p.parent_run_id)
+    graphs = _enumerate(p.space)
+    target = min(cfg.n_trials, len(graphs)) if graphs else cfg.n_trials
+    if target < cfg.n_trials:
+        logger.info("the space holds %d graphs: --trials %d trains all of them", len(graphs), cfg.n_trials)
+    rng = np.random.default_rng([cfg.seed, len(study.trials)])
     while True:
         fail_stale_trials(study)  # a dead worker's trial is failed here and re-enqueued (same graph)
-        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        if finished(study) + running >= cfg.n_trials:
+        if trained_graphs(study) >= target:
             break
+        if objective.repeats >= MAX_REPEATS and graphs:
+            _fill_in(study, p.space, graphs, rng)
+            objective.repeats = 0
         study.optimize(objective, n_trials=1, catch=())
         _log_progress(study, cfg)
+    if graphs and target == len(graphs):
+        logger.info("all %d graphs of the space are trained: the search is exhaustive", len(graphs))
     mark_best(study, tracker)
     return study
+
+
+def _enumerate(space: SearchSpace) -> list[Graph] | None:
+    """Every graph of a small space (None for a large one, whose repeats are rare)."""
+    try:
+        return space.all_graphs(limit=ENUMERATE_LIMIT)
+    except ValueError:
+        return None
+
+
+def _fill_in(study: optuna.Study, space: SearchSpace, graphs: list[Graph], rng: np.random.Generator) -> None:
+    """Enqueue a random graph of the space that no trial has trained, after too many repeats."""
+    seen = {t.user_attrs.get("graph_key") for t in study.get_trials(deepcopy=False)}
+    untrained = [g for g in graphs if g.key not in seen]
+    if untrained:
+        graph = untrained[rng.integers(len(untrained))]
+        logger.info("the sampler repeated %d trained graphs in a row; enqueueing %s", MAX_REPEATS, graph.key)
+        study.enqueue_trial(space.params_for(graph), user_attrs={"fill_in": MAX_REPEATS})
 
 
 def run_search(
@@ -283,4 +338,4 @@ def mark_best(study: optuna.Study, tracker: Tracker) -> None:
 def _log_progress(study: optuna.Study, cfg: SearchConfig) -> None:
     best = ranked(study)
     text = f"{best[0].user_attrs.get('graph_key')} ({fmt_values(best[0].values)})" if best else "none yet"
-    logger.info("trials finished %d/%d; best so far: %s", finished(study), cfg.n_trials, text)
+    logger.info("graphs trained %d/%d; best so far: %s", trained_graphs(study), cfg.n_trials, text)

@@ -10,15 +10,22 @@ re-enqueued with the same graph (``RetryHeartbeatStaleTrialCallback``).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import logging
 import math
+import os
+import socket
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
+import sqlalchemy as sa
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
@@ -89,17 +96,25 @@ def make_search_space(cfg: SearchConfig, spec) -> SearchSpace:
     return make_space(cfg.space, spec, constraints, **options)
 
 
-def make_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
+SAMPLERS = ("tpe", "gp", "random", "nsga2", "grid")
+
+
+def make_sampler(cfg: SearchConfig, worker: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded from the study seed and the worker index (0: the seed itself), so
+    that workers sharing a study do not propose the same graphs in the same order."""
+    seed = cfg.seed if worker == 0 else int(np.random.SeedSequence([cfg.seed, worker]).generate_state(1)[0])
     constraints = _constraint_values if cfg.min_info is not None else None
     if cfg.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=cfg.seed, constraints_func=constraints, multivariate=True)
+        return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints, multivariate=True)
     if cfg.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=cfg.seed, constraints_func=constraints)
+        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints)
     if cfg.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=cfg.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if cfg.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=cfg.seed, constraints_func=constraints)
-    raise ValueError(f"unknown sampler {cfg.sampler!r}; expected tpe, gp, random or nsga2")
+        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
+    if cfg.sampler == "grid":  # every graph of the space once, in a seeded order (the space is enumerated)
+        return optuna.samplers.BruteForceSampler(seed=seed)
+    raise ValueError(f"unknown sampler {cfg.sampler!r}; expected {', '.join(SAMPLERS)}")
 
 
 def make_pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
@@ -118,8 +133,8 @@ def _constraint_values(trial: FrozenTrial) -> list[float]:
     return list(trial.user_attrs.get("constraint", [0.0]))
 
 
-def open_study(cfg: SearchConfig) -> optuna.Study:
-    """Create or load the study; a new one gets the config stored and its seeds enqueued."""
+def open_study(cfg: SearchConfig, worker: int = 0) -> optuna.Study:
+    """Create or load the study; a new one gets the config stored (seeds: :func:`enqueue_seeds`)."""
     storage = RDBStorage(
         cfg.storage_url(),
         heartbeat_interval=cfg.heartbeat_interval,
@@ -130,7 +145,7 @@ def open_study(cfg: SearchConfig) -> optuna.Study:
         storage=storage,
         study_name=cfg.study,
         directions=[direction(o) for o in cfg.objectives],
-        sampler=make_sampler(cfg),
+        sampler=make_sampler(cfg, worker),
         pruner=make_pruner(cfg),
         load_if_exists=True,
     )
@@ -164,6 +179,85 @@ def enqueue_seeds(study: optuna.Study, space: SearchSpace, graphs: list[Graph]) 
 
 def finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+REPEAT_ATTRS = ("duplicate_of", "taken_by")
+"""User attrs of a trial that trained nothing: its graph was trained (or is being trained) by another."""
+
+
+def trained_graphs(study: optuna.Study) -> int:
+    """Distinct graphs trained or in training: what ``--trials`` counts.
+
+    Finished and running trials count once per graph key; a repeat of a trained graph
+    (``duplicate_of``, ``taken_by``) counts for nothing, and a running trial that has not yet
+    proposed its graph counts as one.
+    """
+    keys, pending = set(), 0
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    for t in study.get_trials(deepcopy=False, states=states):
+        if any(a in t.user_attrs for a in REPEAT_ATTRS):
+            continue
+        key = t.user_attrs.get("graph_key")
+        if key is None:
+            pending += t.state == TrialState.RUNNING
+        else:
+            keys.add(key)
+    return len(keys) + pending
+
+
+# ---- the study's own tables, in the study's database -------------------------------------------
+# Optuna's storage has no unique index over user attrs, so "this graph is being trained" needs a
+# table of its own: inserting a claim is atomic in SQLite and PostgreSQL alike.
+
+_META = sa.MetaData()
+CLAIMS = sa.Table(
+    "structsearch_claims",
+    _META,
+    sa.Column("study", sa.String(512), primary_key=True),
+    sa.Column("graph_hash", sa.String(40), primary_key=True),  # sha1 of the canonical key
+    sa.Column("graph_key", sa.Text, nullable=False),
+    sa.Column("trial", sa.Integer, nullable=False),
+)
+WORKERS = sa.Table(
+    "structsearch_workers",
+    _META,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study", sa.String(512), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started", sa.Float, nullable=False),
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _engine(url: str) -> sa.Engine:
+    engine = sa.create_engine(url)
+    _META.create_all(engine, checkfirst=True)
+    return engine
+
+
+def claim_graph(url: str, study: str, key: str, trial: int) -> int:
+    """Claim graph ``key`` for ``trial``: the number of the trial that holds it (``trial`` itself when
+    this claim is the first, or when ``trial`` already held it)."""
+    digest = hashlib.sha1(key.encode()).hexdigest()
+    engine = _engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.insert(CLAIMS).values(study=study, graph_hash=digest, graph_key=key, trial=trial))
+        return trial
+    except sa.exc.IntegrityError:
+        with engine.connect() as conn:
+            query = sa.select(CLAIMS.c.trial).where(CLAIMS.c.study == study, CLAIMS.c.graph_hash == digest)
+            return int(conn.execute(query).scalar_one())
+
+
+def register_worker(url: str, study: str) -> int:
+    """A new worker index (1, 2, ...) recorded in the study's database."""
+    with _engine(url).begin() as conn:
+        row = conn.execute(
+            sa.insert(WORKERS).values(study=study, host=socket.gethostname(), pid=os.getpid(), started=time.time())
+        )
+        return int(row.inserted_primary_key[0])
 
 
 def load_existing(study_name: str, storage: str) -> optuna.Study:

@@ -12,6 +12,12 @@ from structsearch.cli import main
         (["--objective", "cat_acc"], "objective cat_acc needs a labelled dataset and a categorical code"),
         (["--objective", "accuracy"], "unknown objective 'accuracy'"),
         (["--trials", "0"], "--trials and --workers must be >= 1, got 0"),
+        (["--trials", "-3"], "--trials and --workers must be >= 1, got -3"),
+        (["--space", "classes", "--objective", "info"], "--space classes trains one DAG per Markov class"),
+        (
+            ["--sampler", "grid", "--codes", "cont,cont,cont,cont,cont,cont;noise=0"],
+            "would examine 14,348,907 edge combinations (limit 200,000)",
+        ),
         (["--space", "fixed-order", "--order", "q1,q3"], "must list every q node once: q1, q2, q3"),
         (["--forbid", "c1->q1"], "both required (by default every ci->qi) and forbidden: c1->q1"),
         (["--seed-graph", "q1->q3, q3->q1"], "cycle q1 -> q3 -> q1"),

@@ -81,25 +81,82 @@ def test_optimize_tracks_trials_in_mlflow_and_exports_a_trainable_graph(tmp_path
     assert json.loads((out / "scores.json").read_text())["status"] == "completed"
 
 
-def test_rerun_resumes_the_study_without_touching_finished_trials(tmp_path) -> None:
+def _trained(study) -> list:
+    """Trials that trained their graph (not a repeat answered from another trial)."""
+    states = (TrialState.COMPLETE, TrialState.PRUNED)
+    return [t for t in study.get_trials(states=states) if not {"duplicate_of", "taken_by"} & set(t.user_attrs)]
+
+
+def test_trials_count_distinct_graphs_and_a_rerun_trains_only_new_ones(tmp_path) -> None:
+    """--trials 4 trains 4 distinct graphs; rerun with --trials 6, the study trains 2 more (6 child runs)."""
     runs = tmp_path / "runs"
-    assert _optimize(runs, "r", 2, "--tracking", "none") == 0
+    assert _optimize(runs, "r", 4, "--sampler", "tpe") == 0
+    first = _trained(_study(runs, "r"))
+    assert len({t.user_attrs["graph_key"] for t in first}) == len(first) == 4
     before = {t.number: (t.values, t.datetime_complete) for t in _study(runs, "r").trials}
-    assert _optimize(runs, "r", 4, "--tracking", "none") == 0
-    trials = _study(runs, "r").get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
-    assert len(trials) == 4
-    assert {t.number: (t.values, t.datetime_complete) for t in trials if t.number in before} == before
+    assert _optimize(runs, "r", 6, "--sampler", "tpe") == 0
+    study = _study(runs, "r")
+    trained = _trained(study)
+    assert len({t.user_attrs["graph_key"] for t in trained}) == len(trained) == 6
+    assert {t.number: (t.values, t.datetime_complete) for t in study.trials if t.number in before} == before
+    for repeat in (t for t in study.trials if "duplicate_of" in t.user_attrs):  # answered, not trained
+        original = study.trials[repeat.user_attrs["duplicate_of"]]
+        assert repeat.values == original.values and not (runs / "r" / f"trial-{repeat.number:04d}").exists()
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("study-r")
+    children = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 6
 
 
 def test_duplicate_graph_is_not_trained_again(tmp_path) -> None:
     runs = tmp_path / "runs"
     candidates = tmp_path / "candidates.txt"
-    candidates.write_text("c1->q1, c2->q2, c3->q3\n")
-    assert _optimize(runs, "d", 2, "--space", "candidates", "--candidates", str(candidates), "--tracking", "none") == 0
-    first, second = _study(runs, "d").trials
-    assert second.user_attrs["duplicate_of"] == first.number
-    assert second.values == first.values
-    assert not (runs / "d" / f"trial-{second.number:04d}").exists()
+    candidates.write_text("c1->q1, c2->q2, c3->q3\nc1->q1, c2->q2, c3->q3, q1->q2\n")
+    argv = ["--space", "candidates", "--candidates", str(candidates), "--tracking", "none", "--seed", "2"]
+    assert _optimize(runs, "d", 2, *argv) == 0
+    study = _study(runs, "d")
+    assert len(_trained(study)) == 2
+    repeats = [t for t in study.trials if "duplicate_of" in t.user_attrs]
+    assert repeats, "seed 2 repeats the seed graph before proposing the other one"
+    for repeat in repeats:
+        assert repeat.values == study.trials[repeat.user_attrs["duplicate_of"]].values
+        assert not (runs / "d" / f"trial-{repeat.number:04d}").exists()
+
+
+def test_a_space_smaller_than_the_budget_is_trained_whole_and_the_study_ends(tmp_path, caplog) -> None:
+    runs = tmp_path / "runs"
+    with caplog.at_level("INFO", logger="structsearch.search"):
+        assert _optimize(runs, "g", 30, "--sampler", "grid", "--tracking", "none") == 0
+    study = _study(runs, "g")
+    assert len(study.trials) == len(_trained(study)) == 25  # the grid proposes every DAG once
+    assert "the space holds 25 graphs: --trials 30 trains all of them" in caplog.text
+    assert "all 25 graphs of the space are trained" in caplog.text
+
+
+def test_tpe_on_a_small_space_trains_every_graph_once(tmp_path, caplog) -> None:
+    """TPE repeats trained graphs often on 25 DAGs; repeats cost nothing, and the fill-in ends it."""
+    runs = tmp_path / "runs"
+    fast = ["--steps", "1", "--n-eval", "100", "--tracking", "none"]
+    with caplog.at_level("INFO", logger="structsearch.search"):
+        assert _optimize(runs, "t", 30, "--sampler", "tpe", *fast) == 0
+    trained = _trained(_study(runs, "t"))
+    assert len({t.user_attrs["graph_key"] for t in trained}) == len(trained) == 25
+    assert "all 25 graphs of the space are trained" in caplog.text
+
+
+def test_the_classes_space_trains_one_dag_per_markov_class(tmp_path) -> None:
+    from gan import dag
+
+    runs = tmp_path / "runs"
+    assert _optimize(runs, "c", 20, "--space", "classes", "--sampler", "grid", "--tracking", "none") == 0
+    trained = _trained(_study(runs, "c"))
+    classes = {dag.markov_class(_q_edges(t)) for t in trained}
+    assert len(trained) == len(classes) == 11
+
+
+def _q_edges(trial) -> list[tuple[str, str]]:
+    pairs = [tuple(e.split("->")) for e in json.loads(trial.user_attrs["graph_json"])["edges"]]
+    return [(u, v) for u, v in pairs if u[0] == "q"]
 
 
 def _worker_env():
@@ -153,8 +210,8 @@ def test_killed_worker_trial_is_retried_with_the_same_graph(tmp_path) -> None:
 def test_two_workers_share_one_study(tmp_path) -> None:
     runs = tmp_path / "runs"
     assert _optimize(runs, "w", 4, "--workers", "2", "--tracking", "none", "--space", "brute-force") == 0
-    trials = _study(runs, "w").trials
-    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(finished) == 4 and len(trials) == 4  # each trial once, none lost, none extra
-    trained = [t for t in finished if "duplicate_of" not in t.user_attrs]
-    assert len({t.number for t in trained}) == len(trained)
+    study = _study(runs, "w")
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.FAIL)]  # none lost
+    trained = _trained(study)
+    keys = [t.user_attrs["graph_key"] for t in trained]
+    assert len(set(keys)) == len(keys) >= 4  # no graph trained twice, the budget met

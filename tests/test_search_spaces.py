@@ -27,7 +27,7 @@ from structsearch.scoring import to_pgmpy
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 SPEC_NAMES = {"shapes": "cont,cont,cont", "mnist": "mnist"}  # mnist: c1 categorical(10)
-SPACE_IDS = ["ordered", "ordered-cross", "fixed-order", "candidates", "brute-force"]
+SPACE_IDS = ["ordered", "ordered-cross", "fixed-order", "candidates", "brute-force", "classes"]
 TIGHT = Constraints(forbidden=(("q1", "q3"), ("q3", "q2")), max_parents=1)
 CANDIDATE_LINES = [
     "independent",
@@ -129,6 +129,9 @@ def test_every_proposal_obeys_the_rules(space_id: str, spec_name: str, tight: bo
     assert all(ALL_NAMES.fullmatch(name) for name in trials[0].params)
     assert len({t.user_attrs["key"] for t in trials}) > 1, "the space never varies"
     assert "\n" not in space.describe()
+    listed = space.all_graphs()  # the whole space: what a budget counts and a grid enumerates
+    assert {t.user_attrs["key"] for t in trials} <= {g.key for g in listed}
+    assert all(space.suggest(optuna.trial.FixedTrial(space.params_for(g))) == g for g in listed)
 
 
 @pytest.mark.parametrize("spec_name", list(SPEC_NAMES))
@@ -360,9 +363,23 @@ def test_invalid_constraints_raise_a_clear_value_error(kwargs: dict, message: st
     assert "\n" not in str(err.value)
 
 
+def test_the_classes_space_has_one_dag_per_markov_class() -> None:
+    from gan import dag
+
+    space = make_space("classes", _spec("shapes"))
+    classes = [dag.markov_class(g.q_edges) for g in space.all_graphs()]
+    assert len(classes) == len(set(classes)) == 11  # the Markov classes of 3-node DAGs
+    everything = {dag.markov_class(g.q_edges) for g in make_space("brute-force", _spec("shapes")).all_graphs()}
+    assert set(classes) == everything  # every class has its representative
+    collider = next(g for g in space.all_graphs() if g.q_edges == (("q1", "q3"), ("q2", "q3")))
+    assert space.cpdag(collider) == ((("q1", "q3"), ("q2", "q3")), ())
+    chain = next(g for g in space.all_graphs() if dag.markov_equivalent(g.q_edges, (("q1", "q2"), ("q2", "q3"))))
+    assert space.cpdag(chain) == ((), (("q1", "q2"), ("q2", "q3")))
+
+
 def test_make_space_refuses_unknown_names_and_options(tmp_path: Path) -> None:
     spec = _spec("shapes")
-    assert set(SPACES) == {"ordered", "fixed-order", "candidates", "brute-force"}
+    assert set(SPACES) == {"ordered", "fixed-order", "candidates", "brute-force", "classes"}
     with pytest.raises(ValueError, match="unknown search space 'greedy'; accepted: ordered, fixed-order"):
         make_space("greedy", spec)
     with pytest.raises(ValueError, match="takes no option 'path'"):
