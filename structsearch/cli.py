@@ -62,7 +62,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from structsearch.trial import Recorder, load_dataset, resolve_graph, run_trial, time_limit
+    from structsearch.trial import Recorder, check_anchors, load_dataset, resolve_graph, run_trial, time_limit
 
     runs_dir = Path(args.runs_dir)
     run_dir = Path(args.out) if args.out else None
@@ -80,6 +80,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = _config(args)
     dataset = load_dataset(cfg, _device(cfg.device))
     graph = resolve_graph(cfg, dataset)
+    with _as_usage_errors(ValueError):
+        check_anchors(cfg, graph.spec, dataset)
     cfg = dataclasses.replace(cfg, codes=graph.spec.text())  # recorded: a resume never depends on the dataset's default
     if run_dir is None:
         run_dir = runs_dir / f"{cfg.dataset}-{_slug(cfg.graph)}-seed{cfg.train.seed}"

@@ -44,7 +44,7 @@ from structsearch.study import (
     ranked,
 )
 from structsearch.tracking import Tracker, make_tracker
-from structsearch.trial import Pruning, Recorder, graph_params, load_dataset, resolve_graph, run_trial
+from structsearch.trial import Pruning, Recorder, check_anchors, graph_params, load_dataset, resolve_graph, run_trial
 
 logger = logging.getLogger(__name__)
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -176,6 +176,7 @@ def prepare(cfg: SearchConfig) -> Prepared:
     # The spec is stored with a new study: its trials never depend on the dataset's default spec.
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, codes=spec.text()))
     scores.check_objectives(cfg.objectives, dataset, spec)
+    check_anchors(cfg.run, spec, dataset)
     space = make_search_space(cfg, spec)
     study = open_study(cfg)
     enqueue_seeds(study, space, [independent] + [load_graph(g, spec) for g in cfg.seed_graphs])

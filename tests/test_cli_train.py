@@ -115,6 +115,33 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, monkeypatch, args, me
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--anchor-labels", "-0.5"],
+            "--anchor-labels must be 0 (off), a fraction in (0, 1) or a whole count >= 1, got -0.5",
+        ),
+        (
+            ["--anchor-labels", "2.5"],
+            "--anchor-labels must be 0 (off), a fraction in (0, 1) or a whole count >= 1, got 2.5",
+        ),
+        (["--anchor-labels", "inf"], "a whole count >= 1, got inf"),
+        (["--lambda-anchor", "-1"], "--lambda-anchor must be >= 0, got -1"),
+        (["--anchor-labels", "20001"], "--anchor-labels 20001 asks for 20001 anchored images, but shapes has 20000"),
+        (["--anchor-labels", "10", "--codes", "cat10,cat4"], "shapes anchors continuous codes among c1..c3"),
+        (["--anchor-labels", "5", "--dataset", "mnist", "--codes", "mnist3"], "needs a categorical(10) code"),
+    ],
+)
+def test_bad_anchors_exit_2_with_one_line_before_training(tmp_path, capsys, request, args, message) -> None:
+    data = ["--data-dir", str(request.getfixturevalue("mnist_dir"))] if "mnist" in args else []
+    argv = ["train", "--preset", "tiny", *data, "--out", str(tmp_path / "run"), "--tracking", "none", *args]
+    assert main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("INFO ")]
+    assert len(lines) == 1 and lines[0].startswith("structsearch train: error: ") and message in lines[0]
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # nothing was trained
+
+
 def _offline(*args, **kwargs):
     raise OSError("network is unreachable")
 

@@ -158,3 +158,14 @@ def test_two_workers_share_one_study(tmp_path) -> None:
     assert len(finished) == 4 and len(trials) == 4  # each trial once, none lost, none extra
     trained = [t for t in finished if "duplicate_of" not in t.user_attrs]
     assert len({t.number for t in trained}) == len(trained)
+
+
+def test_optimize_with_anchors_anchors_every_trial_under_its_own_seed(tmp_path) -> None:
+    runs = tmp_path / "runs"
+    assert _optimize(runs, "a", 2, "--anchor-labels", "0.005", "--objective", "anchor_r2", "--tracking", "none") == 0
+    records = [json.loads((runs / "a" / f"trial-{n:04d}" / "anchors.json").read_text()) for n in (0, 1)]
+    assert [r["count"] for r in records] == [100, 100] and [r["seed"] for r in records] == [0, 1]
+    assert records[0]["sha256"] != records[1]["sha256"]  # the subset follows each trial's seed
+    study = _study(runs, "a")
+    assert all("anchor_r2" in t.user_attrs["scores"] for t in study.get_trials(states=(TrialState.COMPLETE,)))
+    assert json.loads(study.user_attrs["structsearch_config"])["run"]["train"]["anchor_labels"] == 0.005  # workers too
