@@ -45,6 +45,7 @@ from structsearch.config import RunConfig, resolve_device
 from structsearch.drawing import draw_graph
 from structsearch.graph import Graph, load_graph
 from structsearch.scores import Evaluator
+from structsearch.scoring import make_table
 from structsearch.tracking import NullTracker, Tracker
 
 logger = logging.getLogger(__name__)
@@ -358,6 +359,16 @@ def load_run(run_dir: Path, device: str | None = None):
     trainer = make_trainer(cfg, graph, dataset)
     trainer.load(run_dir / "checkpoint.pt")
     return cfg, graph, dataset, trainer
+
+
+def real_codes(run_dir: Path, n: int | None = None, device: str | None = None):
+    """(config, graph, dataset, table) of a run folder: the table holds Q's codes (one column per q
+    node, :func:`structsearch.scoring.make_table`) of the first ``n`` held-out real images (the run's
+    ``n_eval`` when None), read by the run's last checkpoint."""
+    cfg, graph, dataset, trainer = load_run(run_dir, device)
+    images, _ = dataset.test_images(n or cfg.n_eval)
+    q = scores_mod.q_codes(trainer.D, images.to(dataset.device))
+    return cfg, graph, dataset, make_table(scores_mod.code_columns(graph.spec, q, "q"), graph.spec)
 
 
 def evaluate_run(
