@@ -92,7 +92,7 @@ class TrainConfig:
     )
     anchor_labels: float = doc_field(
         "anchored training images, whose factor values or labels Q is told (ss-InfoGAN): a fraction in (0, 1), "
-        "or a count >= 1 (1 is one image); 0: off. The subset is fixed by --seed",
+        "or a count >= 1 (1 is one image); 0: off. The subset is fixed by the run's seed (a search's: each trial's)",
         0.0,
     )
     lambda_anchor: float = doc_field("weight of the anchors' supervised term on Q", 1.0)
