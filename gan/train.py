@@ -224,8 +224,7 @@ class Trainer:
     def _anchor_term(self) -> torch.Tensor:
         """The anchors' supervised term on a fresh batch of them (call inside the autocast)."""
         images, targets = self.anchors.batch(self.cfg.batch_size, self.anchor_rng)
-        _, q_out = self.D(images)
-        return anchor_loss(self.spec, targets, q_out, self.anchors.mask)
+        return anchor_loss(self.spec, targets, self.D.q(images), self.anchors.mask)
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """One D/Q update and one G update; returns the detached losses (no host sync)."""
