@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -40,4 +42,23 @@ def info_loss(spec: LatentSpec, c: torch.Tensor, q_out: torch.Tensor) -> torch.T
             total = total + F.cross_entropy(qi, ci.argmax(1))
         else:
             total = total + 0.5 * F.mse_loss(qi, ci)
+    return total
+
+
+def anchor_loss(spec: LatentSpec, targets: torch.Tensor, q_out: torch.Tensor, mask: Sequence[bool]) -> torch.Tensor:
+    """ss-InfoGAN's supervised term (Spurr et al. 2017): Q's outputs on images whose codes are known.
+
+    Summed over the anchored codes (``mask[i]`` True), per sample, on the scale of
+    :func:`info_loss`: cross-entropy of Q's logits against the known class (``targets`` holds it
+    one-hot in the code's k columns) for a categorical code, 1/2 squared error against the known
+    value for a continuous one. ``targets`` and ``q_out`` are (B, code_dim) in the spec's layout.
+    """
+    total = q_out.new_zeros((), dtype=torch.float32)
+    for code, anchored, ti, qi in zip(spec.codes, mask, spec.split(targets), spec.split(q_out.float())):
+        if not anchored:
+            continue
+        if code.kind == "categorical":
+            total = total + F.cross_entropy(qi, ti.argmax(1))
+        else:
+            total = total + 0.5 * F.mse_loss(qi, ti)
     return total

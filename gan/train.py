@@ -3,8 +3,14 @@
 One step, as in InfoGAN (openai/InfoGAN: the Q head and D share the trunk and one optimizer):
 
 1. D and Q: adversarial loss on a real and a generated batch
-   + lambda_info * L_info + lambda_struct * R_G on the (detached) generated batch;
+   + lambda_info * L_info + lambda_struct * R_G on the (detached) generated batch
+   [+ lambda_anchor * L_anchor on a batch of anchored real images, when the run has anchors];
 2. G: non-saturating adversarial loss + lambda_info * L_info + lambda_struct * R_G.
+
+Anchors (ss-InfoGAN, Spurr et al. 2017; docs/design.md section 8) are training images whose codes
+are known: Q is told their values (:func:`gan.losses.anchor_loss`), which pins every run's codes to
+the same coordinates. Their batches come from a generator of their own, so a run without anchors
+draws exactly the same random numbers as before anchors existed.
 
 The codes come from ``cfg.code_prior`` (:mod:`gan.prior`): independent, or a linear SCM over the
 graph's q->q edges. With lambda_struct = 0 the regularizer is not computed at all (plain
@@ -29,14 +35,14 @@ from typing import Literal
 import torch
 
 from gan.latents import LatentSpec
-from gan.losses import d_loss, g_loss, info_loss
+from gan.losses import anchor_loss, d_loss, g_loss, info_loss
 from gan.models import build_models
 from gan.prior import CodePrior
 from gan.structure import Correction, Form, StructuralLoss
 
 logger = logging.getLogger(__name__)
 
-LOSS_KEYS = ("loss/d", "loss/g", "loss/info", "loss/struct")
+LOSS_KEYS = ("loss/d", "loss/g", "loss/info", "loss/struct", "loss/anchor")  # train_step's order
 
 
 def doc_field(text: str, default, **kw):
@@ -84,6 +90,12 @@ class TrainConfig:
         "small-batch correction of R_G's per-batch fits: unbiased (a true graph scores ~0), or none (in-sample)",
         "unbiased",
     )
+    anchor_labels: float = doc_field(
+        "anchored training images, whose factor values or labels Q is told (ss-InfoGAN): a fraction in (0, 1), "
+        "or a count >= 1 (1 is one image); 0: off. The subset is fixed by the run's seed (a search's: each trial's)",
+        0.0,
+    )
+    lambda_anchor: float = doc_field("weight of the anchors' supervised term on Q", 1.0)
     code_prior: CodePriorKind = doc_field(
         "prior of the codes fed to G: independent (InfoGAN) or a linear SCM over the graph's q->q edges",
         "independent",
@@ -97,6 +109,36 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
+
+
+@dataclass(frozen=True)
+class Anchors:
+    """M training images whose codes are known, for the supervised term of ss-InfoGAN.
+
+    Args:
+        images: ``images(positions)``: positions (B,) int64 in [0, M) on the device -> the anchored
+            images there, (B, C, H, W) (a function, so that a large subset need not be resident);
+            :meth:`from_tensor` wraps a resident (M, C, H, W) tensor.
+        targets: (M, code_dim) on the device, in Q's layout: a categorical code's k columns hold
+            its known class one-hot, a continuous code's column its known value.
+        mask: one bool per code: which codes are anchored (the others' columns are ignored).
+    """
+
+    images: Callable[[torch.Tensor], torch.Tensor]
+    targets: torch.Tensor
+    mask: tuple[bool, ...]
+
+    @classmethod
+    def from_tensor(cls, images: torch.Tensor, targets: torch.Tensor, mask: Sequence[bool]) -> Anchors:
+        return cls(lambda positions: images[positions], targets, tuple(bool(m) for m in mask))
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images (B, C, H, W), targets (B, code_dim)), uniform with replacement over the M anchors."""
+        positions = torch.randint(len(self), (batch_size,), generator=generator, device=self.targets.device)
+        return self.images(positions), self.targets[positions]
 
 
 @dataclass
@@ -118,6 +160,9 @@ class Trainer:
         sample_real: draws (B, C, H, W) real images on ``device`` with the given generator.
         image_shape: (C, H, W).
         device: where models, data and random streams live.
+        anchors: the anchored images, given exactly when ``cfg.anchor_labels > 0``; each step then
+            adds ``lambda_anchor`` x their supervised term to D/Q's loss, on a batch of
+            ``batch_size`` anchors drawn with a generator of their own (seed + 2).
     """
 
     def __init__(
@@ -128,8 +173,12 @@ class Trainer:
         sample_real: Callable[[int, torch.Generator], torch.Tensor],
         image_shape: tuple[int, int, int],
         device: torch.device,
+        anchors: Anchors | None = None,
     ) -> None:
+        if (cfg.anchor_labels > 0) != (anchors is not None):
+            raise ValueError(f"anchor_labels={cfg.anchor_labels} needs anchors given exactly when it is > 0")
         self.cfg, self.spec, self.sample_real, self.device = cfg, spec, sample_real, device
+        self.anchors = anchors
         torch.manual_seed(cfg.seed)  # weight init
         self.G, self.D = (m.to(device) for m in build_models(spec, image_shape, cfg.width))
         self.prior = CodePrior(spec, parents if cfg.code_prior == "graph" else None)
@@ -138,6 +187,7 @@ class Trainer:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.999), **fused)
         self.data_rng = torch.Generator(device).manual_seed(cfg.seed)
         self.latent_rng = torch.Generator(device).manual_seed(cfg.seed + 1)
+        self.anchor_rng = torch.Generator(device).manual_seed(cfg.seed + 2) if anchors is not None else None
         self.struct = (
             StructuralLoss(
                 spec,
@@ -171,6 +221,11 @@ class Trainer:
         with torch.autocast(self.device.type, enabled=False):  # the closed-form solve stays fp32
             return info, self.struct(c, q_out.float())
 
+    def _anchor_term(self) -> torch.Tensor:
+        """The anchors' supervised term on a fresh batch of them (call inside the autocast)."""
+        images, targets = self.anchors.batch(self.cfg.batch_size, self.anchor_rng)
+        return anchor_loss(self.spec, targets, self.D.q(images), self.anchors.mask)
+
     def train_step(self) -> dict[str, torch.Tensor]:
         """One D/Q update and one G update; returns the detached losses (no host sync)."""
         cfg = self.cfg
@@ -182,6 +237,11 @@ class Trainer:
             fake_logit, q_out = self.D(fake.detach())
             info, struct = self._code_terms(c, q_out)
             loss_d = d_loss(real_logit, fake_logit, cfg.gan_loss) + cfg.lambda_info * info + cfg.lambda_struct * struct
+            if self.anchors is None:
+                anchor = torch.zeros((), device=self.device)
+            else:
+                anchor = self._anchor_term()
+                loss_d = loss_d + cfg.lambda_anchor * anchor
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
@@ -199,6 +259,7 @@ class Trainer:
             "loss/g": loss_g.detach(),
             "loss/info": info.detach(),
             "loss/struct": struct.detach(),
+            "loss/anchor": anchor.detach(),
         }
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -220,7 +281,8 @@ class Trainer:
         self.G.train()
         self.D.train()
         while self.step < cfg.n_steps:
-            losses = torch.stack([v.float() for v in self.train_step().values()])
+            step_losses = self.train_step()
+            losses = torch.stack([step_losses[k].float() for k in LOSS_KEYS])
             bad = ~torch.isfinite(losses).all()
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, self.step), first_bad)
             sums += losses
@@ -256,7 +318,7 @@ class Trainer:
             "opt_d": self.opt_d.state_dict(),
             "data_rng": self.data_rng.get_state(),
             "latent_rng": self.latent_rng.get_state(),
-        }
+        } | ({"anchor_rng": self.anchor_rng.get_state()} if self.anchor_rng is not None else {})
 
     def load_state_dict(self, state: Mapping) -> None:
         self.G.load_state_dict(state["G"])
@@ -265,6 +327,8 @@ class Trainer:
         self.opt_d.load_state_dict(state["opt_d"])
         self.data_rng.set_state(state["data_rng"].cpu())
         self.latent_rng.set_state(state["latent_rng"].cpu())
+        if self.anchor_rng is not None and "anchor_rng" in state:
+            self.anchor_rng.set_state(state["anchor_rng"].cpu())
         self.step = int(state["step"])
 
     def save(self, path: str | os.PathLike) -> Path:

@@ -62,7 +62,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from structsearch.trial import Recorder, load_dataset, resolve_graph, run_trial, time_limit
+    from structsearch.trial import Recorder, check_anchors, load_dataset, resolve_graph, run_trial, time_limit
 
     runs_dir = Path(args.runs_dir)
     run_dir = Path(args.out) if args.out else None
@@ -80,6 +80,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = _config(args)
     dataset = load_dataset(cfg, _device(cfg.device))
     graph = resolve_graph(cfg, dataset)
+    with _as_usage_errors(ValueError):
+        check_anchors(cfg, graph.spec, dataset)
     cfg = dataclasses.replace(cfg, codes=graph.spec.text())  # recorded: a resume never depends on the dataset's default
     if run_dir is None:
         run_dir = runs_dir / f"{cfg.dataset}-{_slug(cfg.graph)}-seed{cfg.train.seed}"
@@ -243,6 +245,77 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for key in sorted(k for k in scores if k.startswith("time/")):
         print(f"{key:<32} {scores[key]: .1f}")
     return 0
+
+
+def cmd_learn_structure(args: argparse.Namespace) -> int:
+    from gan import dag
+    from structsearch.scoring import learn_structure
+    from structsearch.trial import real_codes
+
+    run_dir = Path(args.run)
+    if not (run_dir / "config.json").exists():
+        raise UsageError(f"{run_dir} is not a run folder (no config.json); give the folder `structsearch train` wrote")
+    if args.n is not None and args.n < 10:
+        raise UsageError(f"--n must be >= 10, got {args.n}")
+    if not 0 < args.significance_level < 1:
+        raise UsageError(f"--significance-level must be in (0, 1), got {args.significance_level}")
+    if args.restarts < 0:
+        raise UsageError(f"--restarts must be >= 0, got {args.restarts}")
+    with _as_usage_errors(ValueError, FileNotFoundError):
+        cfg, graph, dataset, table = real_codes(run_dir, args.n, args.device)
+    learned = learn_structure(
+        table, args.method, restarts=args.restarts, significance_level=args.significance_level, seed=args.seed
+    )
+    anchors = cfg.train.anchor_labels
+    print(f"run:        {run_dir} ({cfg.dataset}, trained with graph {graph.key or '(no edges)'})")
+    print(f"anchors:    {_anchors_line(run_dir) if anchors else 'none'}")
+    print(f"table:      Q's codes of {len(table)} held-out real images")
+    print(f"method:     {learned.method} ({learned.detail})")
+    print(f"edges:      {_edges(learned.directed, '->')}")
+    if learned.kind == "pdag":
+        print(f"undirected: {_edges(learned.undirected, '-')}")
+    spec = graph.spec
+    kind = {f"q{i + 1}": code.kind for i, code in enumerate(spec.codes)}
+    into_categorical = [(u, v) for u, v in learned.directed if kind[v] == "categorical" and kind[u] == "continuous"]
+    if into_categorical:
+        print(
+            f"note:       {_edges(into_categorical, '->')}: a continuous parent of a categorical code, "
+            "which structsearch's graphs forbid (PC does not know the rule)"
+        )
+    if (run_dir / "scores.json").exists() and "anchor_r2" in (scores := _scores(run_dir)):
+        print(f"anchor_r2:  {scores['anchor_r2']:.3f} (scores.json: how well the codes match the known factors)")
+    truth = getattr(dataset, "true_edges", None)
+    if truth is None:
+        print(f"truth:      {cfg.dataset} has no known factor graph")
+        return 0
+    nodes = [f"q{i + 1}" for i in range(len(graph.spec.codes))]
+    directed, undirected = dag.cpdag(truth, nodes)
+    print(f"truth:      {_edges(truth, '->')}; its class: {_edges(directed + undirected, '->', undirected)}")
+    verdict = "yes" if learned.equivalent_to(truth, nodes) else "no, not"
+    print(f"equivalent: {verdict} Markov-equivalent to the true graph (code i read as factor i)")
+    if not anchors:
+        print("note:       an unanchored run's code i need not be factor i (docs/design.md section 8)")
+    return 0
+
+
+def _scores(run_dir: Path) -> dict[str, float]:
+    import json
+
+    return json.loads((run_dir / "scores.json").read_text()).get("scores", {})
+
+
+def _anchors_line(run_dir: Path) -> str:
+    import json
+
+    record = json.loads((run_dir / "anchors.json").read_text()) if (run_dir / "anchors.json").exists() else {}
+    if not record:
+        return "yes (no anchors.json)"
+    count, codes = record["count"], ", ".join(record["codes"])
+    return f"--anchor-labels {record['anchor_labels']:g}: {count} images, codes {codes}, seed {record['seed']}"
+
+
+def _edges(edges, arrow: str, undirected=()) -> str:
+    return ", ".join(f"{u}{'-' if (u, v) in undirected else arrow}{v}" for u, v in edges) or "(none)"
 
 
 def cmd_identifiability(args: argparse.Namespace) -> int:
@@ -462,6 +535,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--tracking", help="MLflow URI to log to (default: the run's own), or 'none'")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "learn-structure",
+        help="the baseline to a search: learn a graph over a trained run's codes of real images (pgmpy)",
+    )
+    p.add_argument("run", help="run folder written by `structsearch train` (ideally trained with --anchor-labels)")
+    p.add_argument(
+        "--method",
+        default="hill-climb",
+        choices=["hill-climb", "pc"],
+        help="hill-climb: BIC with random restarts (a DAG); pc: the PC algorithm (a PDAG) (default: hill-climb)",
+    )
+    p.add_argument("--n", type=int, help="held-out real images read (default: the run's --n-eval)")
+    p.add_argument("--significance-level", type=float, default=0.01, help="pc: CI tests' level (default: 0.01)")
+    p.add_argument("--restarts", type=int, default=10, help="hill-climb: random starting DAGs (default: 10)")
+    p.add_argument("--seed", type=int, default=0, help="hill-climb: seed of the starting DAGs (default: 0)")
+    p.add_argument("--device", help="device (default: the run's)")
+    p.set_defaults(func=cmd_learn_structure)
 
     p = sub.add_parser(
         "identifiability", help="score all 25 DAGs on shapes' true factors in several coordinate systems (no training)"

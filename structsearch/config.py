@@ -120,6 +120,11 @@ def check(cfg: RunConfig) -> None:
         (t.batch_size >= 2, f"--batch-size must be >= 2 (batch norm and per-batch fits), got {t.batch_size}"),
         (t.lr_g > 0 and t.lr_d > 0, f"learning rates must be > 0, got lr_g={t.lr_g}, lr_d={t.lr_d}"),
         (t.lambda_info >= 0 and t.lambda_struct >= 0, "lambda_info and lambda_struct must be >= 0"),
+        (
+            t.anchor_labels == 0 or 0 < t.anchor_labels < 1 or (t.anchor_labels >= 1 and _whole(t.anchor_labels)),
+            f"--anchor-labels must be 0 (off), a fraction in (0, 1) or a whole count >= 1, got {t.anchor_labels:g}",
+        ),
+        (t.lambda_anchor >= 0, f"--lambda-anchor must be >= 0, got {t.lambda_anchor:g}"),
         (t.struct_floor > 0, f"--struct-floor must be > 0, got {t.struct_floor}"),
         (t.width > 0, f"--width must be > 0, got {t.width}"),
         (t.log_every >= 1, f"--log-every must be >= 1, got {t.log_every}"),
@@ -130,6 +135,10 @@ def check(cfg: RunConfig) -> None:
     for ok, message in rules:
         if not ok:
             raise ValueError(message)
+
+
+def _whole(x: float) -> bool:
+    return float(x).is_integer()  # False for inf and nan
 
 
 DEVICES = "auto, cpu, cuda, cuda:N or mps"

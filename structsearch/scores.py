@@ -8,7 +8,7 @@ fixed held-out data. Each function returns a dict holding at least its own name 
 details, e.g. ``info/c1``). To add a score: one ``@score(...)`` function below and its case in
 tests/test_scores.py's contract suite.
 
-Base scores, all label-free but ``cat_acc``:
+Base scores, all label-free but ``cat_acc`` and ``anchor_r2``:
 
 * ``struct_bic`` -- delta-BIC (the graph's q part minus the saturated graph, per row, pgmpy) of
   Q's codes of held-out REAL images: do the features Q extracts from data obey the graph?
@@ -23,6 +23,12 @@ Base scores, all label-free but ``cat_acc``:
   unsupervised classifier of the real test images, under the best one-to-one class matching.
 * ``bic_gen`` -- diagnostic only: the graph's own BIC per row on generated (c, q). It ranks
   collapsed models first, so no search may optimize it.
+* ``anchor_r2`` (known factor values or labels for the codes, as ``--anchor-labels`` uses them) --
+  do Q's codes of the held-out real images sit in the factors' own coordinates? Per anchorable
+  code, the R^2 = 1 - SSE / SST of Q's value against the known value (not corr^2: the scale and
+  sign must match too), or Q's plain accuracy against the known class (no class matching, unlike
+  ``cat_acc``); the mean over those codes, and ``anchor_r2/cK``. Near 1 when anchoring pinned the
+  coordinates; an unanchored model's codes sit in coordinates of its own (docs/design.md section 8).
 
 Extra scores: ``mig``, ``dci``, ``sap``, ``modularity``, ``factorvae``, ``betavae``
 (disentanglement_lib's protocols on Q's codes; ground-truth factors), ``shd`` (structural Hamming
@@ -46,6 +52,7 @@ from scipy.optimize import linear_sum_assignment
 from gan.latents import LatentSpec
 from gan.structure import StructuralLoss
 from gan.train import evaluating
+from structsearch.datasets.base import DatasetError
 from structsearch.graph import Graph
 from structsearch.scoring import bic, delta_bic, make_table
 
@@ -78,6 +85,11 @@ NEEDS: dict[str, Need] = {
         lambda ds, spec: bool(getattr(ds, "factor_names", ())), "ground-truth factors (dsprites, shapes)", "none"
     ),
     "true_graph": Need(lambda ds, spec: bool(getattr(ds, "true_edges", None)), "a known factor graph (shapes)", "none"),
+    "anchors": Need(
+        lambda ds, spec: _anchorable(ds, spec),
+        "known factor values or labels for its codes (shapes, dsprites, mnist, fashion-mnist)",
+        "none for these codes",
+    ),
     "labels_or_factors": Need(
         lambda ds, spec: bool(getattr(ds, "factor_names", ()) or getattr(ds, "n_classes", None)),
         "labels or factors to train its feature net",
@@ -289,6 +301,13 @@ def _cat_acc(r: Reading) -> dict[str, float]:
     return {"cat_acc": matched_accuracy(predicted, r.ev.labels.cpu().numpy(), spec.codes[first].n_classes)}
 
 
+@score("anchor_r2", "maximize", base=True, needs=("anchors",))
+def _anchor_r2(r: Reading) -> dict[str, float]:
+    ev = r.ev
+    targets, mask = ev.dataset.anchor_targets(ev.spec, np.arange(len(ev.real)), split="test")
+    return anchor_scores(ev.spec, targets, r.q_real, mask)
+
+
 @score("bic_gen", None, base=True)
 def _bic_gen(r: Reading) -> dict[str, float]:
     spec = r.ev.spec
@@ -376,6 +395,33 @@ def info_scores(spec: LatentSpec, c: torch.Tensor, q_out: torch.Tensor) -> dict[
     return {"info": float(np.mean(list(per_code.values()))), "info_min": min(per_code.values())} | {
         f"info/{k}": v for k, v in per_code.items()
     }
+
+
+def anchor_scores(
+    spec: LatentSpec, targets: torch.Tensor, q_out: torch.Tensor, mask: Iterable[bool]
+) -> dict[str, float]:
+    """``anchor_r2`` (mean over the codes ``mask`` marks) and ``anchor_r2/cK`` of Q's outputs
+    ``q_out`` against known ``targets`` (both (N, code_dim), Q's layout): 1 - SSE / SST for a
+    continuous code (NaN for a constant target), accuracy of the argmax for a categorical one."""
+    per_code = {}
+    for code, anchored, ti, qi in zip(spec.codes, mask, spec.split(targets), spec.split(q_out)):
+        if not anchored:
+            continue
+        if code.kind == "categorical":
+            per_code[code.name] = (qi.argmax(1) == ti.argmax(1)).double().mean().item()
+        else:
+            t, q = ti[:, 0].double(), qi[:, 0].double()
+            sst = (t - t.mean()).pow(2).sum()
+            per_code[code.name] = float(1 - (q - t).pow(2).sum() / sst) if sst > 0 else float("nan")
+    return {"anchor_r2": float(np.mean(list(per_code.values())))} | {f"anchor_r2/{k}": v for k, v in per_code.items()}
+
+
+def _anchorable(dataset, spec: LatentSpec) -> bool:
+    try:
+        dataset.anchor_codes(spec)
+    except (AttributeError, DatasetError):
+        return False
+    return True
 
 
 def readback_r2(c: torch.Tensor, q: torch.Tensor) -> float:

@@ -22,19 +22,36 @@ independent MNIST codes (N=2000) the independent graph scored +0.079, +0.055 and
   BIC of the saturated q graph (:func:`saturated_q_families`) on the same table, per row. Being
   relative to the saturated model on the same table, codes that become deterministic do not
   inflate it; higher is better, and the complete graph (``preset("complete")``) scores exactly 0.
+
+Structure learning, the cheap baseline to a graph search (one anchored model, then a learner on
+its codes of real images; ``structsearch learn-structure``): :func:`learn_structure` with
+
+* ``hill-climb`` -- pgmpy's ``HillClimbSearch`` on pgmpy's BIC (``BICGauss``, or ``BICCondGauss``
+  with categorical columns; pgmpy's parameter count), from the empty graph and from ``restarts``
+  random DAGs, keeping the best-scoring result. The restarts matter: from the empty graph alone it
+  found the collider's class from shapes' true factors in 2 of 10 seeds (n = 500 or 2000; it
+  orients the first edge towards a parent and then needs two moves to undo it), with 5 restarts
+  in 10 of 10. Edges from a continuous to a categorical column are forbidden (the graph rules).
+* ``pc`` -- pgmpy's PC (stable variant), its CI test chosen by pgmpy for the column types
+  (partial correlation for continuous columns), returning a PDAG: compelled edges directed, the
+  others undirected. It usually is the CPDAG of the Markov class, but PC does not promise it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from pgmpy.base import DAG
-from pgmpy.structure_score import LogLikelihoodCondGauss, LogLikelihoodGauss
+from pgmpy.causal_discovery import PC, ExpertKnowledge, HillClimbSearch
+from pgmpy.structure_score import BICCondGauss, BICGauss, LogLikelihoodCondGauss, LogLikelihoodGauss
 
+from gan import dag as dag_mod
 from gan.latents import LatentSpec
 from structsearch.graph import Graph, node_order
 
@@ -159,3 +176,103 @@ def _all_parents(graph: Graph) -> dict[str, tuple[str, ...]]:
     pa = {c: () for c in graph.c_nodes}
     pa.update(graph.parents())
     return pa
+
+
+# ---- structure learning (the baseline to a search) -----------------------------------------------
+
+Method = Literal["hill-climb", "pc"]
+METHODS: tuple[str, ...] = ("hill-climb", "pc")
+Edge = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class LearnedGraph:
+    """What a structure learner found on a table.
+
+    ``kind`` is ``dag`` (hill-climb: every edge directed) or ``pdag`` (PC: the edges it could not
+    orient are in ``undirected``, as sorted pairs); ``detail`` names the score or CI test.
+    """
+
+    method: str
+    kind: Literal["dag", "pdag"]
+    directed: tuple[Edge, ...]
+    undirected: tuple[Edge, ...]
+    detail: str
+
+    def equivalent_to(self, edges: Iterable[Edge], nodes: Sequence[str]) -> bool:
+        """Markov-equivalent to the DAG ``edges`` over ``nodes``: a DAG with the same skeleton and
+        v-structures (:func:`gan.dag.markov_equivalent`), a PDAG equal to its CPDAG (:func:`gan.dag.cpdag`)."""
+        edges = list(edges)
+        if self.kind == "dag":
+            return dag_mod.markov_equivalent(self.directed, edges)
+        return (self.directed, self.undirected) == dag_mod.cpdag(edges, nodes)
+
+
+def learn_structure(
+    table: pd.DataFrame,
+    method: Method = "hill-climb",
+    *,
+    restarts: int = 10,
+    significance_level: float = 0.01,
+    seed: int = 0,
+) -> LearnedGraph:
+    """A graph over the table's columns (q1, q2, ...) by ``hill-climb`` or ``pc`` (module docstring).
+
+    Args:
+        table: one column per node, as :func:`make_table` builds it.
+        restarts: hill-climb: random starting DAGs beside the empty one.
+        significance_level: pc: the p-value above which a (conditional) independence is accepted.
+        seed: hill-climb: seed of the random starting DAGs.
+    """
+    if method == "hill-climb":
+        return _hill_climb(table, restarts, seed)
+    if method == "pc":
+        return _pc(table, significance_level)
+    raise ValueError(f"unknown structure learner {method!r}; expected one of {', '.join(METHODS)}")
+
+
+def _hill_climb(table: pd.DataFrame, restarts: int, seed: int) -> LearnedGraph:
+    discrete = any(n_classes(table, v) for v in table.columns)
+    score = BICCondGauss(table) if discrete else BICGauss(table)
+    forbidden = {
+        (u, v) for u in table.columns for v in table.columns if n_classes(table, v) and not n_classes(table, u)
+    }
+    rng = np.random.default_rng(seed)
+    starts = [None] + [_random_dag(list(table.columns), forbidden, rng) for _ in range(restarts)]
+    best, best_score = None, -math.inf
+    for start in starts:
+        search = HillClimbSearch(
+            scoring_method=score,
+            start_dag=start,
+            expert_knowledge=ExpertKnowledge(forbidden_edges=forbidden),
+            return_type="dag",
+            show_progress=False,
+        )
+        found = search.fit(table).causal_graph_
+        value = float(score.score(found))
+        if value > best_score + 1e-9:  # ties keep the earlier start (the empty one first)
+            best, best_score = found, value
+    detail = f"{type(score).__name__}, {restarts} random restarts, BIC {best_score / len(table):.4f} per row"
+    return LearnedGraph("hill-climb", "dag", _sorted(best.edges()), (), detail)
+
+
+def _random_dag(nodes: list[str], forbidden: set[Edge], rng: np.random.Generator) -> DAG:
+    """A random DAG over ``nodes``: a random order, each forward pair an edge with probability 1/2."""
+    order = [nodes[i] for i in rng.permutation(len(nodes))]
+    start = DAG()
+    start.add_nodes_from(nodes)
+    pairs = [(order[i], order[j]) for i in range(len(order)) for j in range(i + 1, len(order))]
+    start.add_edges_from(e for e in pairs if rng.random() < 0.5 and e not in forbidden)
+    return start
+
+
+def _pc(table: pd.DataFrame, significance_level: float) -> LearnedGraph:
+    pc = PC(variant="stable", return_type="pdag", significance_level=significance_level, n_jobs=1, show_progress=False)
+    pdag = pc.fit(table).causal_graph_
+    undirected = {tuple(sorted(e, key=node_order)) for e in pdag.undirected_edges}
+    detail = f"{type(pc.ci_test_).__name__} test, significance level {significance_level:g}"
+    return LearnedGraph("pc", "pdag", _sorted(pdag.directed_edges), _sorted(undirected), detail)
+
+
+def _sorted(edges: Iterable[Edge]) -> tuple[Edge, ...]:
+    return tuple(sorted(((str(u), str(v)) for u, v in edges), key=lambda e: (node_order(e[0]), node_order(e[1]))))

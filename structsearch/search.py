@@ -52,7 +52,7 @@ from structsearch.study import (
     trained_graphs,
 )
 from structsearch.tracking import Tracker, make_tracker
-from structsearch.trial import Pruning, Recorder, graph_params, load_dataset, resolve_graph, run_trial
+from structsearch.trial import Pruning, Recorder, check_anchors, graph_params, load_dataset, resolve_graph, run_trial
 
 logger = logging.getLogger(__name__)
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -196,6 +196,7 @@ def prepare(cfg: SearchConfig, worker: int = 0) -> Prepared:
     # The spec is stored with a new study: its trials never depend on the dataset's default spec.
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, codes=spec.text()))
     scores.check_objectives(cfg.objectives, dataset, spec)
+    check_anchors(cfg.run, spec, dataset)
     if cfg.space == "classes" and (bad := [o for o in cfg.objectives if o not in SCORE_EQUIVALENT]):
         raise ValueError(
             f"--space classes trains one DAG per Markov class, which only a score-equivalent objective "

@@ -13,11 +13,19 @@
                 traversals/      one grid per code + extrapolation grids
                 scores.json      the scores after training, with the run's status
                 run.json         MLflow run id (so --resume continues the same MLflow run)
+                anchors.json     with --anchor-labels: the anchored training images (count, seed,
+                                 sha256 and the indices themselves)
+
+Anchors (``--anchor-labels F``, ss-InfoGAN): F in (0, 1) anchors round(F * n_train) training
+images (at least one), F >= 1 anchors F of them. The subset is drawn by numpy from the run's seed
+(:func:`anchor_index`), apart from every torch stream of the run, so it is the same on every
+device and a run without anchors draws what it always drew.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -25,16 +33,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
 from tqdm.auto import tqdm
 
-from gan.latents import get_spec
-from gan.train import Trainer, TrainResult
+from gan.latents import LatentSpec, get_spec
+from gan.train import Anchors, Trainer, TrainResult
 from gan.traversal import save_traversals
 from structsearch import scores as scores_mod
 from structsearch.config import RunConfig, resolve_device
 from structsearch.drawing import draw_graph
 from structsearch.graph import Graph, load_graph
 from structsearch.scores import Evaluator
+from structsearch.scoring import make_table
 from structsearch.tracking import NullTracker, Tracker
 
 logger = logging.getLogger(__name__)
@@ -101,7 +112,66 @@ def time_limit(minutes: float) -> Callable[[int, dict[str, float], Trainer], boo
 
 
 def make_trainer(cfg: RunConfig, graph: Graph, dataset) -> Trainer:
-    return Trainer(cfg.train, graph.spec, graph.parents(), dataset.sample, dataset.image_shape, dataset.device)
+    anchors = make_anchors(cfg, graph.spec, dataset) if cfg.train.anchor_labels > 0 else None
+    return Trainer(cfg.train, graph.spec, graph.parents(), dataset.sample, dataset.image_shape, dataset.device, anchors)
+
+
+# ---- anchors -----------------------------------------------------------------------------------
+
+ANCHOR_STREAM = 7  # numpy seeds the subset with [ANCHOR_STREAM, seed]: no torch stream of the run is touched
+
+
+def anchor_count(anchor_labels: float, dataset) -> int:
+    """How many training images ``--anchor-labels`` anchors; ValueError for more than the dataset has."""
+    n_train = dataset.n_train
+    count = max(1, round(anchor_labels * n_train)) if anchor_labels < 1 else int(anchor_labels)
+    if count > n_train:
+        raise ValueError(
+            f"--anchor-labels {anchor_labels:g} asks for {count} anchored images, but {dataset.name} has "
+            f"{n_train} training images; give a fraction in (0, 1) or a count <= {n_train}"
+        )
+    return count
+
+
+def check_anchors(cfg: RunConfig, spec: LatentSpec, dataset) -> None:
+    """Refuse anchors the dataset cannot give (too many, or none of its factors or labels fit the codes):
+    ValueError or DatasetError, one line each. Nothing to check without anchors."""
+    if cfg.train.anchor_labels > 0:
+        anchor_count(cfg.train.anchor_labels, dataset)
+        dataset.anchor_codes(spec)
+
+
+def anchor_index(cfg: RunConfig, dataset) -> np.ndarray:
+    """The run's anchored training images: sorted int64 indices, drawn without replacement by numpy
+    from the run's seed."""
+    count = anchor_count(cfg.train.anchor_labels, dataset)
+    rng = np.random.default_rng([ANCHOR_STREAM, cfg.train.seed % 2**63])
+    return np.sort(rng.choice(dataset.n_train, size=count, replace=False)).astype(np.int64)
+
+
+def make_anchors(cfg: RunConfig, spec: LatentSpec, dataset) -> Anchors:
+    """The Trainer's anchors: the run's anchored images (fetched per batch) and their known codes."""
+    index = anchor_index(cfg, dataset)
+    targets, mask = dataset.anchor_targets(spec, index)
+    where = torch.from_numpy(index).to(dataset.device)
+    return Anchors(lambda positions: dataset.train_images_at(where[positions]), targets, mask)
+
+
+def anchor_record(cfg: RunConfig, spec: LatentSpec, dataset) -> dict[str, object] | None:
+    """What ``anchors.json`` holds (None without anchors): the anchored images and codes, and a
+    sha256 of the indices (as little-endian int64) to compare subsets at a glance."""
+    if cfg.train.anchor_labels <= 0:
+        return None
+    index = anchor_index(cfg, dataset)
+    codes = dataset.anchor_codes(spec)
+    return {
+        "anchor_labels": cfg.train.anchor_labels,
+        "count": len(index),
+        "seed": cfg.train.seed,
+        "codes": [spec.codes[i].name for i in sorted(codes)],
+        "sha256": hashlib.sha256(index.astype("<i8").tobytes()).hexdigest(),
+        "index": index.tolist(),
+    }
 
 
 def train_and_score(
@@ -166,13 +236,19 @@ class Recorder:
         self.cfg: RunConfig | None = None
         self.graph: Graph | None = None
 
-    def start(self, cfg: RunConfig, graph: Graph, resume: bool = False) -> None:
-        """Write the config and the graph; start the tracked run, or continue it on a resume."""
+    def start(
+        self, cfg: RunConfig, graph: Graph, resume: bool = False, anchors: Mapping[str, object] | None = None
+    ) -> None:
+        """Write the config, the graph and the anchors (:func:`anchor_record`); start the tracked run,
+        or continue it on a resume."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.cfg, self.graph = cfg, graph
         cfg.save(self.run_dir / "config.json")
         (self.run_dir / "graph.json").write_text(graph.to_json() + "\n")
         draw_graph(graph, self.run_dir / "graph.png")
+        if anchors is not None:
+            (self.run_dir / "anchors.json").write_text(json.dumps(dict(anchors)) + "\n")
+            self.params |= {f"anchors.{k}": anchors[k] for k in ("count", "sha256")}
         record = self.run_dir / "run.json"
         if resume and record.exists() and (run_id := json.loads(record.read_text()).get("run_id")):
             self.run_id = self.tracker.resume_run(run_id)
@@ -207,8 +283,9 @@ class Recorder:
                 self.tracker.log_artifact(run_id, path, "traversals")
         summary = {"status": result.status, "message": result.message, "step": result.step, "scores": scores}
         (self.run_dir / "scores.json").write_text(json.dumps(summary, indent=2) + "\n")
-        for artifact in ("config.json", "graph.json", "graph.png", "scores.json", "checkpoint.pt"):
-            self.tracker.log_artifact(run_id, self.run_dir / artifact)
+        for artifact in ("config.json", "graph.json", "graph.png", "scores.json", "checkpoint.pt", "anchors.json"):
+            if artifact != "anchors.json" or (self.run_dir / artifact).exists():
+                self.tracker.log_artifact(run_id, self.run_dir / artifact)
         self.tracker.set_tags(run_id, {"status": result.status, "message": result.message})
         status = {"diverged": "FAILED", "stopped": "KILLED"}.get(result.status, "FINISHED")
         self.tracker.end_run(run_id, status)
@@ -234,7 +311,7 @@ def run_trial(
     bar; on ``resume`` training continues from the folder's checkpoint. Never raises for a
     diverged run."""
     started = time.time()
-    recorder.start(cfg, graph, resume)
+    recorder.start(cfg, graph, resume, anchor_record(cfg, graph.spec, dataset))
     trainer = make_trainer(cfg, graph, dataset)
     if resume:
         recorder.restore(trainer)
@@ -282,6 +359,16 @@ def load_run(run_dir: Path, device: str | None = None):
     trainer = make_trainer(cfg, graph, dataset)
     trainer.load(run_dir / "checkpoint.pt")
     return cfg, graph, dataset, trainer
+
+
+def real_codes(run_dir: Path, n: int | None = None, device: str | None = None):
+    """(config, graph, dataset, table) of a run folder: the table holds Q's codes (one column per q
+    node, :func:`structsearch.scoring.make_table`) of the first ``n`` held-out real images (the run's
+    ``n_eval`` when None), read by the run's last checkpoint."""
+    cfg, graph, dataset, trainer = load_run(run_dir, device)
+    images, _ = dataset.test_images(n or cfg.n_eval)
+    q = scores_mod.q_codes(trainer.D, images.to(dataset.device))
+    return cfg, graph, dataset, make_table(scores_mod.code_columns(graph.spec, q, "q"), graph.spec)
 
 
 def evaluate_run(

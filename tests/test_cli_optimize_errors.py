@@ -21,6 +21,10 @@ from structsearch.cli import main
         (["--space", "fixed-order", "--order", "q1,q3"], "must list every q node once: q1, q2, q3"),
         (["--forbid", "c1->q1"], "both required (by default every ci->qi) and forbidden: c1->q1"),
         (["--seed-graph", "q1->q3, q3->q1"], "cycle q1 -> q3 -> q1"),
+        (["--anchor-labels", "1.5"], "--anchor-labels must be 0 (off), a fraction in (0, 1) or a whole count >= 1"),
+        (["--anchor-labels", "20001"], "--anchor-labels 20001 asks for 20001 anchored images, but shapes has 20000"),
+        (["--anchor-labels", "5", "--codes", "cat4,cat4"], "shapes anchors continuous codes among c1..c3"),
+        (["--objective", "anchor_r2", "--codes", "cat4,cat4"], "objective anchor_r2 needs known factor values"),
     ],
 )
 def test_optimize_refuses_bad_input_before_training(tmp_path, capsys, args, message) -> None:

@@ -115,6 +115,33 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, monkeypatch, args, me
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--anchor-labels", "-0.5"],
+            "--anchor-labels must be 0 (off), a fraction in (0, 1) or a whole count >= 1, got -0.5",
+        ),
+        (
+            ["--anchor-labels", "2.5"],
+            "--anchor-labels must be 0 (off), a fraction in (0, 1) or a whole count >= 1, got 2.5",
+        ),
+        (["--anchor-labels", "inf"], "a whole count >= 1, got inf"),
+        (["--lambda-anchor", "-1"], "--lambda-anchor must be >= 0, got -1"),
+        (["--anchor-labels", "20001"], "--anchor-labels 20001 asks for 20001 anchored images, but shapes has 20000"),
+        (["--anchor-labels", "10", "--codes", "cat10,cat4"], "shapes anchors continuous codes among c1..c3"),
+        (["--anchor-labels", "5", "--dataset", "mnist", "--codes", "mnist3"], "needs a categorical(10) code"),
+    ],
+)
+def test_bad_anchors_exit_2_with_one_line_before_training(tmp_path, capsys, request, args, message) -> None:
+    data = ["--data-dir", str(request.getfixturevalue("mnist_dir"))] if "mnist" in args else []
+    argv = ["train", "--preset", "tiny", *data, "--out", str(tmp_path / "run"), "--tracking", "none", *args]
+    assert main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("INFO ")]
+    assert len(lines) == 1 and lines[0].startswith("structsearch train: error: ") and message in lines[0]
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # nothing was trained
+
+
 def _offline(*args, **kwargs):
     raise OSError("network is unreachable")
 
@@ -144,3 +171,23 @@ def test_a_time_limit_stops_scores_and_checkpoints_a_run_that_resumes(tmp_path, 
     assert (out / "traversals" / "traversal_c1.png").exists()
     assert main([*argv, "--resume", "--steps", "20"]) == 0
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 20
+
+
+def test_learn_structure_reads_an_anchored_run_and_compares_with_the_truth(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "shapes", "--preset", "tiny", "--tracking", "none", "--out", str(out)]
+    assert main([*argv, "--anchor-labels", "0.01", "--n-eval", "300"]) == 0
+    assert json.loads((out / "anchors.json").read_text())["count"] == 200
+    capsys.readouterr()
+    for method in ("hill-climb", "pc"):
+        assert main(["learn-structure", str(out), "--method", method]) == 0
+        printed = capsys.readouterr().out
+        assert f"method:     {method}" in printed and "Q's codes of 300 held-out real images" in printed
+        assert "truth:      q1->q3, q2->q3; its class: q1->q3, q2->q3" in printed
+        assert "equivalent: yes" in printed or "equivalent: no, not" in printed
+        assert "anchors:    --anchor-labels 0.01: 200 images, codes c1, c2, c3, seed 0" in printed
+        assert ("undirected:" in printed) == (method == "pc")
+    assert main(["learn-structure", str(out), "--significance-level", "2"]) == 2
+    assert main(["learn-structure", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert "--significance-level must be in (0, 1), got 2.0" in err and "is not a run folder" in err

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from gan.latents import SPECS
+from gan.latents import SPECS, LatentSpec
 from structsearch import datasets
 from structsearch.datasets import (
     DATASETS,
@@ -474,3 +474,93 @@ def test_mnist_folder_is_not_taken_for_fashion_mnist(mnist_dir, tmp_path, monkey
     assert rows["fashion-mnist"].startswith("missing")
     with pytest.raises(DatasetError, match="--data-dir"):
         get_dataset("fashion-mnist", data_dir=mnist_dir, download=False)
+
+
+# Anchors: known codes of training and test images ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mnist", "dsprites", "shapes"])
+def test_anchor_contract(name, request):
+    """Every dataset's anchors: Q's layout, on the device, values in the codes' range, one-hot classes."""
+    ds = build(name, request)
+    spec = ds.spec
+    index = np.array([3, 1, 11])
+    targets, mask = ds.anchor_targets(spec, index)
+    assert targets.shape == (3, spec.code_dim) and targets.dtype == torch.float32 and targets.device == ds.device
+    assert len(mask) == len(spec.codes) and any(mask)
+    for code, anchored, part in zip(spec.codes, mask, spec.split(targets)):
+        if not anchored:
+            assert torch.equal(part, torch.zeros_like(part))
+        elif code.kind == "categorical":
+            assert torch.equal(part.sum(1), torch.ones(3)) and set(part.unique().tolist()) <= {0.0, 1.0}
+        else:
+            assert part.min() >= -1 and part.max() <= 1
+    test_targets, test_mask = ds.anchor_targets(spec, np.arange(5), split="test")
+    assert test_targets.shape == (5, spec.code_dim) and test_mask == mask
+    images = ds.train_images_at(torch.from_numpy(index).to(ds.device))
+    assert images.shape == (3, *ds.image_shape) and images.min() >= -1 and images.max() <= 1
+
+
+def test_shapes_anchors_are_the_factor_values():
+    ds = small_shapes()
+    targets, mask = ds.anchor_targets(ds.spec, np.array([0, 5, 7]))
+    assert mask == (True, True, True)
+    np.testing.assert_allclose(targets.numpy(), -1 + 2 * ds.train_factors[[0, 5, 7]] / 15, rtol=1e-6)
+    torch.testing.assert_close(
+        ds.train_images_at(torch.tensor([0, 5, 7])), ds.observations_from_factors(ds.train_factors[[0, 5, 7]])
+    )
+    test, _ = ds.anchor_targets(ds.spec, np.arange(4), split="test")
+    np.testing.assert_allclose(test.numpy(), -1 + 2 * ds.test_factors(4)[1] / 15, rtol=1e-6)
+    # Code i is factor i; a categorical code, or one past c3, is not anchored.
+    spec = LatentSpec.parse("cat4,cont,cont,cont")
+    targets, mask = ds.anchor_targets(spec, np.array([2]))
+    assert mask == (False, True, True, False)
+    np.testing.assert_allclose(targets[0, 4:6].numpy(), -1 + 2 * ds.train_factors[2, 1:] / 15, rtol=1e-6)
+    assert targets[0, :4].abs().sum() == 0 and targets[0, 6] == 0
+    with pytest.raises(DatasetError, match="shapes anchors continuous codes among c1..c3 .* have none"):
+        ds.anchor_codes(LatentSpec.parse("cat10,cat4"))
+
+
+def test_dsprites_anchors_shape_scale_and_position_but_not_orientation():
+    ds = get_dataset("dsprites", n_test=40, source="procedural")
+    factors = np.array([[2, 5, 17, 0, 31], [0, 0, 39, 16, 8]])  # shape, scale, orientation, posX, posY
+    targets, mask = ds.anchor_targets(ds.spec, dsprites.factors_to_index(factors))
+    assert mask == (False, True, False, True, True)  # five continuous codes: the shape is a class, not a value
+    np.testing.assert_allclose(targets[:, [1, 3, 4]].numpy(), [[1, -1, 1], [-1, -1 + 32 / 31, -1 + 16 / 31]], atol=1e-6)
+    spec = LatentSpec.parse("cat3,cont,cont,cont,cont")
+    targets, mask = ds.anchor_targets(spec, dsprites.factors_to_index(factors))
+    assert mask == (True, True, False, True, True)
+    assert targets[:, :3].tolist() == [[0, 0, 1], [1, 0, 0]]
+    _, test_factors = ds.test_factors(3)
+    test, _ = ds.anchor_targets(spec, np.arange(3), split="test")
+    assert test[:, :3].argmax(1).tolist() == test_factors[:, 0].tolist()
+    with pytest.raises(DatasetError, match="dsprites anchors a categorical\\(3\\) c1"):
+        ds.anchor_codes(LatentSpec.parse("cat4,cat2"))
+
+
+def test_mnist_anchors_the_first_categorical_code_with_the_label(mnist_dir):
+    ds = get_dataset("mnist", data_dir=mnist_dir)
+    targets, mask = ds.anchor_targets(ds.spec, np.array([0, 1, 2]))
+    assert mask == (True, False, False)
+    assert targets[:, :10].argmax(1).tolist() == ds.train_labels[:3].tolist() == [5, 0, 4]
+    test, _ = ds.anchor_targets(ds.spec, np.arange(4), split="test")
+    assert test[:, :10].argmax(1).tolist() == ds.test_images(4)[1].tolist()
+    assert ds.anchor_codes(LatentSpec.parse("cont,cat10")) == {1: 0}
+    with pytest.raises(DatasetError, match="needs a categorical\\(10\\) code; codes cont,cont,cont;noise=62 have none"):
+        ds.anchor_codes(SPECS["mnist3"])
+    with pytest.raises(DatasetError, match="codes cat4,cont;noise=0 have categorical\\(4\\) first"):
+        ds.anchor_codes(LatentSpec.parse("cat4,cont"))
+
+
+def test_a_dataset_without_factors_or_labels_refuses_anchors():
+    class Plain(Dataset):
+        name, image_shape, spec_name, n_train, n_test = "plain", (1, 8, 8), "shapes", 4, 0
+
+        def _train_images(self, index):
+            return torch.zeros(len(index), 1, 8, 8)
+
+        def test_images(self, n=None):
+            return torch.zeros(0, 1, 8, 8), None
+
+    with pytest.raises(DatasetError, match="dataset 'plain' has neither factor values nor labels to anchor codes"):
+        Plain().anchor_targets(SPECS["shapes"], np.array([0]))

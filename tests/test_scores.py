@@ -61,6 +61,7 @@ DIRECTIONS = {
     "info_min": "maximize",
     "cat_acc": "maximize",
     "bic_gen": None,
+    "anchor_r2": "maximize",
     "mig": "maximize",
     "dci": "maximize",
     "sap": "maximize",
@@ -193,3 +194,62 @@ def test_known_answer_of_cat_acc(mnist_dir) -> None:
 
     evaluator = scores.Evaluator(preset("independent", get_spec("mnist")), dataset, n_eval=500, seed=0)
     assert evaluator(Blank(), LabelReader(), only=("cat_acc",)) == {"cat_acc": 1.0}
+
+
+def test_known_answers_of_anchor_r2(shapes) -> None:
+    """1 for codes in the factors' own coordinates, 0 for a constant at the factors' means, and
+    1 - SSE/SST exactly for a Q that reads the factors in another order (what an unanchored model may do)."""
+    _, factors = shapes.test_factors(400)
+    values = torch.from_numpy(-1 + 2 * factors / (LEVELS - 1)).float()  # (400, 3), test order
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, out: torch.Tensor) -> None:
+            super().__init__()
+            self.out = out
+
+        def q(self, images: torch.Tensor) -> torch.Tensor:
+            return self.out[: len(images)]
+
+    evaluator = scores.Evaluator(preset("collider", SHAPES_SPEC), shapes, n_eval=400, seed=0)
+    perfect = evaluator(Renderer(), Reader(), only=("anchor_r2",))
+    assert perfect["anchor_r2"] > 0.999 and set(perfect) == {
+        "anchor_r2",
+        "anchor_r2/c1",
+        "anchor_r2/c2",
+        "anchor_r2/c3",
+    }
+    at_mean = evaluator(Renderer(), Fixed(values.mean(0).expand(400, 3)), only=("anchor_r2",))
+    assert at_mean["anchor_r2"] == pytest.approx(0.0, abs=1e-6)
+    swapped = evaluator(Renderer(), Fixed(values[:, [2, 1, 0]]), only=("anchor_r2",))
+    width, height = values[:, 0].double(), values[:, 2].double()
+    expected = 1 - (height - width).pow(2).sum() / (width - width.mean()).pow(2).sum()
+    assert swapped["anchor_r2/c1"] == pytest.approx(float(expected), rel=1e-6)
+    assert swapped["anchor_r2/c2"] == pytest.approx(1.0) and swapped["anchor_r2"] < 0.9
+
+
+def test_known_answer_of_anchor_r2_on_labels(mnist_dir) -> None:
+    """The label reader scores 1; under a permutation of the classes cat_acc stays 1 and anchor_r2 does not."""
+    dataset = get_dataset("mnist", data_dir=mnist_dir)
+    images, labels = dataset.test_images(500)
+    permutation = torch.randperm(10, generator=torch.Generator().manual_seed(0))
+
+    class LabelReader(torch.nn.Module):
+        def __init__(self, classes: torch.Tensor) -> None:
+            super().__init__()
+            self.classes = classes
+
+        def q(self, x: torch.Tensor) -> torch.Tensor:
+            index = torch.cdist(x.flatten(1), images.flatten(1)).argmin(1)
+            one_hot = torch.nn.functional.one_hot(self.classes[labels[index]], 10).float()
+            return torch.cat([one_hot, x.new_zeros(len(x), 2)], 1)
+
+    evaluator = scores.Evaluator(preset("independent", get_spec("mnist")), dataset, n_eval=500, seed=0)
+    only = ("cat_acc", "anchor_r2")
+    assert evaluator(None, LabelReader(torch.arange(10)), only=only) == {
+        "cat_acc": 1.0,
+        "anchor_r2": 1.0,
+        "anchor_r2/c1": 1.0,
+    }
+    permuted = evaluator(None, LabelReader(permutation), only=only)
+    fixed_points = (permutation[labels] == labels).double().mean().item()
+    assert permuted["cat_acc"] == 1.0 and permuted["anchor_r2"] == pytest.approx(fixed_points) and fixed_points < 0.5

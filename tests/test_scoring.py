@@ -175,3 +175,62 @@ def test_penalty_counts_declared_classes_not_the_classes_that_occur() -> None:
     table = _codes_table(spec, 300, seed=0, n_used=3)
     assert n_params(table, "q1", ()) == 9  # pgmpy counts 2
     assert n_params(table, "q2", ("q1",)) == 20  # pgmpy counts 6
+
+
+# ---- structure learning: the baseline to a search ---------------------------------------------------
+
+from gan import dag  # noqa: E402
+from structsearch.datasets.shapes import GRAPHS  # noqa: E402
+from structsearch.identifiability import factor_values  # noqa: E402
+from structsearch.scoring import learn_structure  # noqa: E402
+
+NODES = ["q1", "q2", "q3"]
+
+
+def _factors(graph: str, n: int = 2000, seed: int = 0):
+    return make_table(dict(zip(NODES, factor_values(graph, n, seed).T)), CONT3)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("graph", ["collider", "chain", "fork"])
+def test_hill_climb_and_pc_recover_the_class_of_shapes_true_graph(graph: str, seed: int) -> None:
+    """On shapes' true factor values (no GAN): hill-climb's DAG is Markov-equivalent to the truth, and
+    PC returns the truth's CPDAG: the collider fully directed, the chain's and fork's edges undirected."""
+    table = _factors(graph, seed=seed)
+    climbed = learn_structure(table, "hill-climb")
+    assert climbed.kind == "dag" and climbed.undirected == ()
+    assert dag.markov_equivalent(climbed.directed, GRAPHS[graph]) and climbed.equivalent_to(GRAPHS[graph], NODES)
+    found = learn_structure(table, "pc")
+    assert found.kind == "pdag" and (found.directed, found.undirected) == dag.cpdag(GRAPHS[graph], NODES)
+    assert found.equivalent_to(GRAPHS[graph], NODES)
+    wrong = "chain" if graph == "collider" else "collider"
+    assert not climbed.equivalent_to(GRAPHS[wrong], NODES) and not found.equivalent_to(GRAPHS[wrong], NODES)
+
+
+def test_pc_reports_the_collider_directed_and_the_chain_undirected() -> None:
+    assert learn_structure(_factors("collider"), "pc").directed == (("q1", "q3"), ("q2", "q3"))
+    chain = learn_structure(_factors("chain"), "pc")
+    assert chain.directed == () and chain.undirected == (("q1", "q2"), ("q2", "q3"))
+
+
+def test_hill_climb_restarts_find_the_collider_that_a_single_climb_misses() -> None:
+    """From the empty graph alone, pgmpy's hill climb orients q1-q3 the wrong way first and ends in a
+    complete DAG on this sample; the random restarts reach the collider's better BIC."""
+    table = _factors("collider", seed=0)
+    single = learn_structure(table, "hill-climb", restarts=0)
+    assert len(single.directed) == 3 and not single.equivalent_to(GRAPHS["collider"], NODES)
+    assert learn_structure(table, "hill-climb", restarts=10).equivalent_to(GRAPHS["collider"], NODES)
+
+
+def test_hill_climb_never_gives_a_categorical_code_a_continuous_parent() -> None:
+    spec = get_spec("cat3,cont")
+    rng = np.random.default_rng(0)
+    classes = rng.integers(3, size=1000)
+    table = make_table({"q1": classes, "q2": classes - 1 + 0.3 * rng.normal(size=1000)}, spec)
+    assert learn_structure(table, "hill-climb").directed == (("q1", "q2"),)
+    assert "BICCondGauss" in learn_structure(table, "hill-climb").detail
+
+
+def test_unknown_learner_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown structure learner 'ges'; expected one of hill-climb, pc"):
+        learn_structure(_factors("collider", n=100), "ges")

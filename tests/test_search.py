@@ -215,3 +215,15 @@ def test_two_workers_share_one_study(tmp_path) -> None:
     trained = _trained(study)
     keys = [t.user_attrs["graph_key"] for t in trained]
     assert len(set(keys)) == len(keys) >= 4  # no graph trained twice, the budget met
+
+
+def test_optimize_with_anchors_anchors_every_trial_under_its_own_seed(tmp_path) -> None:
+    runs = tmp_path / "runs"
+    assert _optimize(runs, "a", 2, "--anchor-labels", "0.005", "--objective", "anchor_r2", "--tracking", "none") == 0
+    numbers = sorted(t.number for t in _trained(_study(runs, "a")))
+    records = [json.loads((runs / "a" / f"trial-{n:04d}" / "anchors.json").read_text()) for n in numbers]
+    assert [r["count"] for r in records] == [100, 100] and [r["seed"] for r in records] == numbers
+    assert records[0]["sha256"] != records[1]["sha256"]  # the subset follows each trial's seed
+    study = _study(runs, "a")
+    assert all("anchor_r2" in t.user_attrs["scores"] for t in study.get_trials(states=(TrialState.COMPLETE,)))
+    assert json.loads(study.user_attrs["structsearch_config"])["run"]["train"]["anchor_labels"] == 0.005  # workers too

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from gan.latents import get_spec
-from gan.train import TrainConfig, Trainer
+from gan.losses import anchor_loss
+from gan.train import Anchors, TrainConfig, Trainer
 from structsearch.graph import preset
 
 SPEC = get_spec("shapes")
@@ -89,7 +90,8 @@ def test_callback_can_stop_training() -> None:
     seen = []
     result = _trainer().run(callback=lambda step, losses: seen.append((step, losses)) or step >= 3)
     assert result.status == "stopped" and result.step == 3
-    assert set(seen[0][1]) == {"loss/d", "loss/g", "loss/info", "loss/struct"}
+    assert set(seen[0][1]) == {"loss/d", "loss/g", "loss/info", "loss/struct", "loss/anchor"}
+    assert seen[0][1]["loss/anchor"] == 0.0  # no anchors: the key is there, at 0
 
 
 def test_a_stopped_run_checkpoints_where_it_stopped() -> None:
@@ -168,3 +170,101 @@ def test_scores_draw_from_the_graph_prior() -> None:
 def test_graph_prior_and_perfect_map_train() -> None:
     result = _trainer(dataclasses.replace(TINY, code_prior="graph", struct_form="perfect_map")).run()
     assert result.status == "completed" and all(map(lambda v: v == v, result.losses.values()))
+
+
+# ---- anchors (ss-InfoGAN's supervised term) --------------------------------------------------------
+
+MIXED = get_spec("cat3,cont,cont")
+
+
+def test_anchor_loss_is_zero_for_a_q_that_outputs_the_targets_and_known_when_wrong() -> None:
+    classes = torch.tensor([0, 2, 1, 2])
+    values = torch.tensor([[0.5, -1.0], [0.0, 0.25], [-0.5, 1.0], [1.0, 0.0]])
+    targets = torch.cat([torch.nn.functional.one_hot(classes, 3).float(), values], 1)  # (4, 5)
+    every = (True, True, True)
+    exact = torch.cat([1e4 * targets[:, :3], values], 1)  # a certain classifier, exact values
+    assert anchor_loss(MIXED, targets, exact, every).item() == pytest.approx(0.0, abs=1e-6)
+    wrong = torch.cat([torch.zeros(4, 3), values + 0.5], 1)  # uniform logits, every value off by 0.5
+    expected = torch.log(torch.tensor(3.0)).item() + 2 * 0.5 * 0.25  # CE of a uniform guess + 1/2 MSE per code
+    assert anchor_loss(MIXED, targets, wrong, every).item() == pytest.approx(expected, rel=1e-6)
+    assert anchor_loss(MIXED, targets, wrong, (False, True, False)).item() == pytest.approx(0.125, rel=1e-6)
+    assert anchor_loss(MIXED, targets, wrong, (False, False, False)).item() == 0.0
+    swapped = torch.cat([1e4 * targets[:, [1, 2, 0]], values], 1)  # confidently wrong classes
+    assert anchor_loss(MIXED, targets, swapped, (True, False, False)).item() > 1e3
+
+
+def _anchored_trainer(cfg: TrainConfig, n: int = 40) -> Trainer:
+    images = _real(n, seed=5)
+    targets = torch.rand(n, 3, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    data = _real()
+    return Trainer(
+        cfg,
+        SPEC,
+        COLLIDER,
+        lambda b, g: data[torch.randint(len(data), (b,), generator=g)],
+        (1, 32, 32),
+        torch.device("cpu"),
+        Anchors.from_tensor(images, targets, (True, True, True)),
+    )
+
+
+ANCHORED = dataclasses.replace(TINY, anchor_labels=40)
+
+# The first three steps of _trainer() at commit de6faae, before anchors existed (bit-identical there
+# on the reference machine; the tolerance only allows for another CPU's kernels).
+BEFORE_ANCHORS = [
+    {"loss/d": "0x1.e218180000000p+0", "loss/g": "0x1.0fd8bc0000000p+0", "loss/info": "0x1.b931fc0000000p-2"},
+    {"loss/d": "0x1.ed2b5a0000000p+0", "loss/g": "0x1.0e40f20000000p+0", "loss/info": "0x1.97bc240000000p-2"},
+    {"loss/d": "0x1.e697780000000p+0", "loss/g": "0x1.1c26380000000p+0", "loss/info": "0x1.e1f9900000000p-2"},
+]
+
+
+def test_a_run_without_anchors_computes_what_it_computed_before_anchors_existed() -> None:
+    trainer = _trainer()
+    assert trainer.anchors is None and trainer.anchor_rng is None
+    for before in BEFORE_ANCHORS:
+        losses = trainer.train_step()
+        assert losses["loss/anchor"].item() == 0.0
+        for key, value in before.items():
+            assert losses[key].item() == pytest.approx(float.fromhex(value), rel=1e-5, abs=1e-7), key
+
+
+def test_anchors_draw_from_a_stream_of_their_own() -> None:
+    """With lambda_anchor = 0 the anchored run is bit-identical to one without anchors: the anchor
+    batches touch no other random stream and nothing else in the step."""
+    plain, anchored = _trainer(), _anchored_trainer(dataclasses.replace(ANCHORED, lambda_anchor=0.0))
+    for _ in range(3):
+        a, b = plain.train_step(), anchored.train_step()
+        assert all(torch.equal(a[k], b[k]) for k in ("loss/d", "loss/g", "loss/info", "loss/struct"))
+        assert b["loss/anchor"] > 0
+    for x, y in zip(plain.G.parameters(), anchored.G.parameters()):
+        assert torch.equal(x, y)
+    for x, y in zip(plain.D.parameters(), anchored.D.parameters()):
+        assert torch.equal(x, y)
+
+
+def test_the_anchor_term_trains_q_towards_the_targets() -> None:
+    trainer = _anchored_trainer(dataclasses.replace(ANCHORED, lambda_anchor=5.0, lr_d=2e-3, n_steps=40, log_every=10))
+    first = trainer.train_step()["loss/anchor"].item()
+    result = trainer.run()
+    assert result.status == "completed" and result.losses["loss/anchor"] < 0.5 * first
+
+
+def test_an_anchored_run_resumes_identical_to_an_uninterrupted_one(tmp_path) -> None:
+    full = _anchored_trainer(ANCHORED)
+    full.run()
+    first = _anchored_trainer(dataclasses.replace(ANCHORED, n_steps=3))
+    first.run()
+    first.save(tmp_path / "ck.pt")
+    second = _anchored_trainer(ANCHORED)
+    second.load(tmp_path / "ck.pt")
+    second.run()
+    for a, b in zip(full.D.state_dict().values(), second.D.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_anchors_are_given_exactly_when_the_config_asks_for_them() -> None:
+    with pytest.raises(ValueError, match="anchor_labels=40 needs anchors"):
+        _trainer(ANCHORED)
+    with pytest.raises(ValueError, match="anchor_labels=0.0 needs anchors"):
+        _anchored_trainer(TINY)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from gan.latents import SPECS, LatentSpec
 
@@ -52,7 +54,9 @@ class Dataset(ABC):
     """Images (and labels or factors) resident on ``device``.
 
     Subclasses set the class attributes and implement ``_train_images`` and ``test_images``;
-    factor datasets (dsprites, shapes) also implement the factor methods.
+    factor datasets (dsprites, shapes) also implement the factor methods, and datasets whose
+    images have known factor values or labels implement the anchor methods (``anchor_codes``,
+    ``_anchor_values``).
     """
 
     name: str
@@ -89,6 +93,10 @@ class Dataset(ABC):
     def test_images(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The first ``n`` held-out images (all when None) in [-1, 1], and their labels (N,) or None."""
 
+    def train_images_at(self, index: torch.Tensor) -> torch.Tensor:
+        """Training images at ``index`` (B,) (int64 on the device) -> (B, C, H, W) in [-1, 1]."""
+        return self._train_images(index)
+
     def train_images(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The first ``n`` training images (all when None) in [-1, 1] and their labels (N,) or None:
         the fixed training split of datasets that have one (labelled ones: MNIST, Fashion-MNIST)."""
@@ -107,6 +115,42 @@ class Dataset(ABC):
     def test_factors(self, n: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
         """The first ``n`` held-out images and their factor classes (N, n_factors) int64."""
         raise self._no_factors()
+
+    # Anchors: images whose codes are known (semi-supervision, docs/design.md section 8) -----------
+
+    def anchor_codes(self, spec: LatentSpec) -> dict[int, int]:
+        """The codes of ``spec`` this dataset can anchor, tied code i <-> its known value:
+        ``{code position: column of _anchor_values}``; DatasetError when it can anchor none."""
+        raise DatasetError(
+            f"dataset {self.name!r} has neither factor values nor labels to anchor codes with; "
+            "anchors (--anchor-labels) work on shapes, dsprites, mnist and fashion-mnist"
+        )
+
+    def _anchor_values(self, split: Literal["train", "test"], index: np.ndarray) -> np.ndarray:
+        """(M, n_columns) known values of the training images at ``index`` (``train``) or of the
+        test images at ``index`` (``test``, positions in :meth:`test_images`' order): a class for a
+        column that anchors a categorical code, a value in [-1, 1] for one that anchors a continuous code."""
+        raise NotImplementedError(f"{type(self).__name__} anchors codes but defines no _anchor_values")
+
+    def anchor_targets(
+        self, spec: LatentSpec, index: np.ndarray, split: Literal["train", "test"] = "train"
+    ) -> tuple[torch.Tensor, tuple[bool, ...]]:
+        """Q's targets for the images at ``index``: (targets (M, code_dim) float32 on the device, in
+        Q's layout (a categorical code's known class one-hot, a continuous code's known value), mask:
+        one bool per code, True for the anchored ones; the unanchored codes' columns are 0)."""
+        codes = self.anchor_codes(spec)
+        values = np.asarray(self._anchor_values(split, np.asarray(index, dtype=np.int64)), dtype=np.float64)
+        columns = []
+        for i, code in enumerate(spec.codes):
+            if i not in codes:
+                columns.append(torch.zeros(len(values), code.dim))
+            elif code.kind == "categorical":
+                classes = torch.from_numpy(values[:, codes[i]].astype(np.int64))
+                columns.append(F.one_hot(classes, code.n_classes).float())
+            else:
+                columns.append(torch.from_numpy(values[:, codes[i]]).float().view(-1, 1))
+        mask = tuple(i in codes for i in range(len(spec.codes)))
+        return torch.cat(columns, 1).to(self.device), mask
 
     def _no_factors(self) -> DatasetError:
         return DatasetError(

@@ -18,6 +18,11 @@ The metrics see the five real factors. Two sources of pixels:
   never touch the border; rotation is counter-clockwise about the shape's centre; pixels are 1
   where the pixel centre lies inside the shape. At orientation 0 the ellipse is wide (2:1) and the
   heart points down.
+
+Anchors (``--anchor-labels``): code i is tied to factor i where that is simple: a categorical(3)
+c1 to the shape's class, continuous c2, c4 and c5 to the values in [-1, 1] of scale, posX and
+posY. Orientation (c3) stays unanchored: it is circular (0 and 2 pi are one picture) and the
+square's and ellipse's symmetries give one picture several angles, so no value in [-1, 1] is its own.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from gan.latents import LatentSpec
 from structsearch.datasets.base import Dataset, DatasetError, cache_dir, first_n, search_dirs
 from structsearch.datasets.download import fetch
 
@@ -294,6 +300,27 @@ class DSprites(Dataset):
 
     def test_images(self, n: int | None = None) -> tuple[torch.Tensor, None]:
         return self.test_factors(n)[0], None
+
+    def anchor_codes(self, spec: LatentSpec) -> dict[int, int]:
+        kinds = {0: "categorical", 1: "continuous", 3: "continuous", 4: "continuous"}  # orientation: never
+        codes = {
+            i: i
+            for i, code in enumerate(spec.codes[: len(FACTOR_NAMES)])
+            if kinds.get(i) == code.kind and (code.kind == "continuous" or code.n_classes == FACTOR_SIZES[0])
+        }
+        if not codes:
+            raise DatasetError(
+                f"dsprites anchors a categorical(3) c1 with the shape and continuous c2, c4, c5 with scale, "
+                f"posX, posY; codes {spec.text()} have none of these"
+            )
+        return codes
+
+    def _anchor_values(self, split: Literal["train", "test"], index: np.ndarray) -> np.ndarray:
+        flat = index if split == "train" else self._test[index]  # training draws from the whole grid
+        classes = index_to_factors(flat).astype(np.float64)  # (M, 5)
+        values = -1 + 2 * classes / (np.asarray(FACTOR_SIZES) - 1)
+        values[:, 0] = classes[:, 0]  # the shape is a class
+        return values
 
 
 def describe(data_dir: str | os.PathLike | None = None) -> str:

@@ -7,6 +7,9 @@ check is remembered in a small marker file keyed by size and mtime so later load
 
 The images stay resident on the device as uint8 (47 MB for the train split) and are converted to
 float32 in [-1, 1] per batch.
+
+Anchors (``--anchor-labels``): the label anchors the first categorical code, which must have 10
+classes (class k of the code is digit or garment k); every other code stays unanchored.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
+from gan.latents import LatentSpec
 from structsearch.datasets.base import Dataset, DatasetError, cache_dir, first_n, search_dirs, to_unit_range
 from structsearch.datasets.download import fetch_first
 from structsearch.datasets.idx import parse_idx, read_bytes
@@ -260,6 +265,20 @@ class IdxDataset(Dataset):
         """The first ``n`` training images (all when None) in [-1, 1], and their labels."""
         n = first_n(n, len(self._train_x))
         return to_unit_range(self._train_x[:n].unsqueeze(1)), self._train_y[:n]
+
+    def anchor_codes(self, spec: LatentSpec) -> dict[int, int]:
+        first = next((i for i, code in enumerate(spec.codes) if code.kind == "categorical"), None)
+        if first is None or spec.codes[first].n_classes != self.n_classes:
+            got = f"have {spec.codes[first]} first" if first is not None else "have none"
+            raise DatasetError(
+                f"{self.name} anchors the first categorical code with the label, which needs a "
+                f"categorical({self.n_classes}) code; codes {spec.text()} {got}"
+            )
+        return {first: 0}
+
+    def _anchor_values(self, split: Literal["train", "test"], index: np.ndarray) -> np.ndarray:
+        labels = self._train_y if split == "train" else self._test_y
+        return labels[torch.from_numpy(index).to(self.device)].cpu().numpy().reshape(-1, 1)
 
     @property
     def train_labels(self) -> torch.Tensor:

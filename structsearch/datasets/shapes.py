@@ -23,6 +23,9 @@ and thickness independent, height caused by both. Also "chain" (f1 -> f2 -> f3),
 (f1 -> f2, f1 -> f3), "independent", or any DAG over q1..q3 given as text ("q1->q2, q2->q3") or
 as (parent, child) pairs. A fixed train set (``n_train``, rendered once) and a test set
 (``n_test``, from another seed) are kept resident as float32 on the device.
+
+Anchors (``--anchor-labels``): continuous code ci among c1..c3 is tied to factor fi, its target
+being the factor's value in [-1, 1] (the codes' own range); any other code stays unanchored.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from typing import Literal
 
 import numpy as np
 import torch
 
 from gan import dag
+from gan.latents import LatentSpec
 from structsearch.datasets.base import Dataset, DatasetError, first_n
 
 log = logging.getLogger(__name__)
@@ -197,3 +202,16 @@ class Shapes(Dataset):
 
     def test_images(self, n: int | None = None) -> tuple[torch.Tensor, None]:
         return self.test_factors(n)[0], None
+
+    def anchor_codes(self, spec: LatentSpec) -> dict[int, int]:
+        codes = {i: i for i, code in enumerate(spec.codes[: len(NODES)]) if code.kind == "continuous"}
+        if not codes:
+            raise DatasetError(
+                f"shapes anchors continuous codes among c1..c3 with {', '.join(FACTOR_NAMES)}; "
+                f"codes {spec.text()} have none"
+            )
+        return codes
+
+    def _anchor_values(self, split: Literal["train", "test"], index: np.ndarray) -> np.ndarray:
+        factors = self.train_factors if split == "train" else self._test_factors
+        return self.scm.values(factors[index])  # (M, 3) in [-1, 1]
