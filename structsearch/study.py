@@ -23,8 +23,9 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from search_spaces import Constraints, SearchSpace, make_space
-from structsearch.config import RunConfig
+from structsearch.config import RunConfig, describe_difference, differences, flag_of
 from structsearch.graph import Graph
+from structsearch.inputs import check_name
 from structsearch.scores import direction
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class SearchConfig:
     def storage_url(self) -> str:
         if self.storage:
             return self.storage
-        folder = Path(self.runs_dir) / self.study
+        folder = Path(self.runs_dir) / check_name(self.study)  # the name becomes a folder
         folder.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{(folder / 'study.db').resolve()}"
 
@@ -126,6 +127,7 @@ def open_study(cfg: SearchConfig) -> optuna.Study:
         grace_period=cfg.grace_period,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
     )
+    check_rerun(storage, cfg)
     study = optuna.create_study(
         storage=storage,
         study_name=cfg.study,
@@ -137,6 +139,50 @@ def open_study(cfg: SearchConfig) -> optuna.Study:
     if CONFIG_ATTR not in study.user_attrs:
         study.set_user_attr(CONFIG_ATTR, cfg.to_json())
     return study
+
+
+# What a rerun of a study (or a worker joining it) may change: where its files, store and data
+# are, how many trials it should reach, this process's device, logging and heartbeats. Everything
+# else decides what a trial computes or which graphs are proposed, and a study mixing two of them
+# would rank trials that are not comparable.
+RERUN_MAY_DIFFER = frozenset(
+    {
+        "n_trials",
+        "storage",
+        "runs_dir",
+        "tracking",
+        "heartbeat_interval",
+        "grace_period",
+        "run.device",
+        "run.data_dir",
+        "run.train.log_every",
+    }
+)
+
+
+def check_rerun(storage: optuna.storages.BaseStorage, cfg: SearchConfig) -> None:
+    """Refuse to continue an existing study under another config than the one stored in it
+    (fields in ``RERUN_MAY_DIFFER`` aside): one ``ValueError`` line naming the first difference."""
+    try:
+        study_id = storage.get_study_id_from_name(cfg.study)
+    except KeyError:
+        return  # a new study
+    stored = storage.get_study_user_attrs(study_id).get(CONFIG_ATTR)
+    if stored is None:
+        return
+    try:
+        old = SearchConfig.from_json(stored)
+    except (TypeError, ValueError, KeyError) as err:
+        raise ValueError(
+            f"study {cfg.study!r} holds a config this version cannot read ({err}); start a new study with --study NEW_NAME"
+        ) from None
+    changed = differences(old, cfg, RERUN_MAY_DIFFER)
+    if changed:
+        allowed = ", ".join(sorted({flag_of(k) for k in RERUN_MAY_DIFFER} - {"--heartbeat-interval", "--grace-period"}))
+        raise ValueError(
+            f"study {cfg.study!r}: {describe_difference(changed, 'when it was made', 'in this command')}; a rerun may "
+            f"change only {allowed}: rerun with the study's own options, or start a new study with --study NEW_NAME"
+        )
 
 
 def config_of(study_name: str, storage: str) -> SearchConfig:
