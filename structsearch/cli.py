@@ -116,7 +116,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"  {key:<16} {value: .4f}")
     print(f"run folder: {run_dir}  (traversals in {run_dir / 'traversals'})")
     if result.run_id:
-        print(f"MLflow run {result.run_id}: open with  mlflow ui --backend-store-uri {tracker.uri}")
+        where = f"--tracking {tracker.uri}" if args.tracking else f"--runs-dir {runs_dir}"
+        print(f"MLflow run {result.run_id}: open with  structsearch ui {where}")
     return 0 if result.status != "diverged" else 1
 
 
@@ -243,16 +244,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for rank, trial in enumerate(best, 1):
         graph = Graph.from_json(trial.user_attrs["graph_json"])
-        path = out / f"best-{rank}.{args.format}"
-        if args.format == "json":
-            path.write_text(graph.to_json() + "\n")
-        elif args.format == "dot":
+        path = out / f"best-{rank}.json"  # always: what `train --graph` reads back
+        path.write_text(graph.to_json() + "\n")
+        if args.format == "dot":
+            path = path.with_suffix(".dot")
             path.write_text(graph.to_dot())
-        else:
-            draw_graph(graph, path, title=f"#{rank} trial {trial.number}: {graph.key}")
+        elif args.format == "png":
+            path = draw_graph(graph, path.with_suffix(".png"), title=f"#{rank} trial {trial.number}: {graph.key}")
         print(f"{path}  trial {trial.number}  {graph.key}")
-    if args.format == "json":
-        print(f"retrain one with: structsearch train --graph {out / 'best-1.json'} ...")
+    print(f"retrain one with: structsearch train --graph {out / 'best-1.json'} ...")
     return 0
 
 
@@ -542,7 +542,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage URL (default: the study's SQLite file under --runs-dir)")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--top", type=inputs.count, default=1, help="how many graphs (default: 1)")
-    p.add_argument("--format", default="json", choices=["json", "dot", "png"])
+    p.add_argument(
+        "--format",
+        default="json",
+        choices=["json", "dot", "png"],
+        help="json, or also a DOT file or a picture beside each JSON file (default: json)",
+    )
     p.add_argument("--out", help="folder, created inside an existing one (default: <runs-dir>/<study>/export)")
     p.set_defaults(func=cmd_export)
 
