@@ -26,7 +26,9 @@ import dataclasses
 import io
 import logging
 import os
+import pickle
 import typing
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -343,7 +345,42 @@ class Trainer:
         return path
 
     def load(self, path: str | os.PathLike) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        """Restore a checkpoint :meth:`save` wrote. Only tensors and plain data are unpickled
+        (``weights_only``): a file holding anything else is refused unread, never run. Any file
+        that does not load raises :class:`CheckpointError` naming it."""
+        path = Path(path)
+        try:
+            with warnings.catch_warnings():  # torch's warnings about a foreign pickle: the error says it all
+                warnings.simplefilter("ignore", UserWarning)
+                state = torch.load(path, map_location=self.device, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as err:
+            raise CheckpointError(path, _unreadable(path, err)) from None
+        try:
+            self.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            reason = f"it lacks {first}" if isinstance(err, KeyError) else f"it does not fit this run's models: {first}"
+            raise CheckpointError(path, reason[:300]) from None
+
+
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint of this run: one line naming it, why, and what to do."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(
+            f"{path} is not a valid structsearch checkpoint ({reason}); resume from an earlier copy of it, "
+            "or start the run over in a new folder"
+        )
+        self.path = path
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    """Why torch could not read ``path``, in our words (torch's own advice is never passed on)."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if isinstance(err, pickle.UnpicklingError):
+        return "it holds something other than tensors and plain data, or is not a torch file; nothing in it was run"
+    return "it is truncated or not a torch checkpoint"
 
 
 @contextlib.contextmanager

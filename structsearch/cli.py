@@ -1,7 +1,10 @@
 """Command line: the only reader of argv and the environment, and the only logging setup.
 
-Every user mistake (bad graph, unknown dataset, missing data, bad number) exits with code 2 and a
-one-line message, never a traceback.
+Every user mistake (bad graph, unknown dataset, missing data, bad number, bad flag) exits with
+code 2 and a one-line message, never a traceback, and before anything is created. Outputs never
+create folders a typo asked for: a file output (``graph --out/--json/--dot``) goes into an existing
+folder; a folder output (``--runs-dir``, ``train --out``, ``export --out``) is created inside an
+existing folder or anywhere inside ``--runs-dir`` (:mod:`structsearch.inputs`).
 """
 
 from __future__ import annotations
@@ -10,25 +13,42 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gan.latents import get_spec
+from gan.train import CheckpointError
 from structsearch import config as config_mod
+from structsearch import inputs
 from structsearch.datasets import DatasetError
 from structsearch.graph import PRESETS, Graph, GraphError, load_graph
 
 logger = logging.getLogger("structsearch")
 
-USAGE_ERRORS: tuple[type[Exception], ...] = (GraphError, DatasetError)
+USAGE_ERRORS: tuple[type[Exception], ...] = (GraphError, DatasetError, CheckpointError)
 
 
 class UsageError(Exception):
     """A user mistake found by the CLI itself; printed as one line, exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``main`` prints it), not the usage and a SystemExit."""
+
+    def error(self, message: str):
+        raise _ParseError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
+class _ParseError(UsageError):
+    """A command line argparse refuses; its str() is the whole line to print."""
+
+
 def cmd_graph(args: argparse.Namespace) -> int:
+    for flag in ("out", "json", "dot"):
+        if getattr(args, flag):
+            _check(inputs.output_file, getattr(args, flag), f"--{flag}")
     spec = _spec(args.codes)
     graph = load_graph(args.graph, spec)
     print(f"codes:   {spec.describe()}")
@@ -64,22 +84,18 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from structsearch.trial import Recorder, check_anchors, load_dataset, resolve_graph, run_trial, time_limit
 
-    runs_dir = Path(args.runs_dir)
-    run_dir = Path(args.out) if args.out else None
+    runs_dir = _check(inputs.output_folder, args.runs_dir, "--runs-dir")
+    run_dir = _check(inputs.output_folder, args.out, "--out", inside=runs_dir) if args.out else None
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise UsageError(f"--max-minutes must be > 0, got {args.max_minutes}")
+    _check_tracking(args.tracking)
     if args.resume:
-        if run_dir is None or not (run_dir / "config.json").exists():
-            raise UsageError(
-                f"--resume needs --out pointing at an existing run folder (with config.json), got {args.out!r}"
-            )
-        with _as_usage_errors(ValueError):
-            base = config_mod.RunConfig.load(run_dir / "config.json")
-        if base.codes is None and (run_dir / "graph.json").exists():  # a run made before codes were recorded
-            base = dataclasses.replace(base, codes=Graph.from_json((run_dir / "graph.json").read_text()).spec.text())
-        cfg = _config(args, base)
+        cfg, graph = _resumed(args, run_dir)
     else:
         cfg = _config(args)
     dataset = load_dataset(cfg, _device(cfg.device))
-    graph = resolve_graph(cfg, dataset)
+    if not args.resume:
+        graph = resolve_graph(cfg, dataset)
     with _as_usage_errors(ValueError):
         check_anchors(cfg, graph.spec, dataset)
     cfg = dataclasses.replace(cfg, codes=graph.spec.text())  # recorded: a resume never depends on the dataset's default
@@ -87,8 +103,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = runs_dir / f"{cfg.dataset}-{_slug(cfg.graph)}-seed{cfg.train.seed}"
     if not args.resume and (run_dir / "checkpoint.pt").exists():
         raise UsageError(f"{run_dir} already holds a run; pass --resume to continue it or --out NEW_FOLDER")
-    if args.max_minutes is not None and not args.max_minutes > 0:
-        raise UsageError(f"--max-minutes must be > 0, got {args.max_minutes}")
     on_log = time_limit(args.max_minutes) if args.max_minutes else None
     tracker = _tracker(args.tracking, f"train-{cfg.dataset}", runs_dir)
     print(f"training {graph.key or '(no edges)'} on {cfg.dataset} ({graph.spec.describe()}) on {dataset.device}")
@@ -104,8 +118,35 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"  {key:<16} {value: .4f}")
     print(f"run folder: {run_dir}  (traversals in {run_dir / 'traversals'})")
     if result.run_id:
-        print(f"MLflow run {result.run_id}: open with  mlflow ui --backend-store-uri {tracker.uri}")
+        where = f"--tracking {tracker.uri}" if args.tracking else f"--runs-dir {runs_dir}"
+        print(f"MLflow run {result.run_id}: open with  structsearch ui {where}")
     return 0 if result.status != "diverged" else 1
+
+
+def _resumed(args: argparse.Namespace, run_dir: Path | None) -> tuple[config_mod.RunConfig, Graph]:
+    """The config and graph of ``train --resume``: the run folder's own config.json and graph.json,
+    with only the flags in ``config.RESUME_MAY_CHANGE`` (and --max-minutes) allowed to differ."""
+    from structsearch.trial import read_run_graph, read_run_record
+
+    if run_dir is None or not (run_dir / "config.json").exists():
+        raise UsageError(
+            f"--resume needs --out pointing at an existing run folder (with config.json), got {args.out!r}"
+        )
+    with _as_usage_errors(ValueError):
+        base = config_mod.RunConfig.load(run_dir / "config.json")
+        graph = read_run_graph(run_dir, get_spec(base.codes) if base.codes else None)
+        read_run_record(run_dir)  # a bad run.json is refused before anything is written
+    if base.codes is None:  # a run made before codes were recorded
+        base = dataclasses.replace(base, codes=graph.spec.text())
+    cfg = _config(args, base)
+    changed = config_mod.differences(base, cfg, config_mod.RESUME_MAY_CHANGE)
+    if changed:
+        allowed = ", ".join(sorted(config_mod.flag_of(k) for k in config_mod.RESUME_MAY_CHANGE))
+        raise UsageError(
+            f"--resume: {config_mod.describe_difference(changed, f'in {run_dir}', 'in this command')}; "
+            f"a resume may change only {allowed} and --max-minutes (start a new run with --out NEW_FOLDER)"
+        )
+    return cfg, graph
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
@@ -117,7 +158,12 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.DEBUG if args.verbose else optuna.logging.WARNING)
     run = _config(args)
-    study = args.study or f"{run.dataset}-{args.space}"
+    study = _check(inputs.check_name, args.study if args.study is not None else f"{run.dataset}-{args.space}")
+    _check(inputs.output_folder, args.runs_dir, "--runs-dir")
+    if args.storage:
+        _check(inputs.check_database_url, args.storage)
+    _check_tracking(args.tracking)
+    gpus = _gpus(args.gpus)
     cfg = study_mod.SearchConfig(
         study=study,
         n_trials=args.trials,
@@ -140,14 +186,12 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         grace_period=args.grace_period,
         run=run,
     )
-    if args.trials < 1 or args.workers < 1:
-        raise UsageError(f"--trials and --workers must be >= 1, got {args.trials} and {args.workers}")
     _device(run.device)
     with _as_usage_errors(ValueError):  # user mistakes surface here, before any training
         for name in cfg.objectives:
             direction(name)
         prepared = search.prepare(cfg)
-    study_obj = search.run_search(cfg, workers=args.workers, gpus=_gpus(args.gpus), prepared=prepared)
+    study_obj = search.run_search(cfg, workers=args.workers, gpus=gpus, prepared=prepared)
     _print_top(study_obj, cfg, args.top)
     return 0
 
@@ -159,6 +203,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from structsearch import study as study_mod
 
     optuna.logging.set_verbosity(optuna.logging.DEBUG if args.verbose else optuna.logging.WARNING)
+    _check(inputs.check_name, args.study)
+    _check(inputs.check_database_url, args.storage, existing=True)
+    if args.runs_dir:
+        _check(inputs.output_folder, args.runs_dir, "--runs-dir")
+    _check_tracking(args.tracking)
     with _as_usage_errors(ValueError):
         cfg = study_mod.config_of(args.study, args.storage)
     cfg = dataclasses.replace(cfg, runs_dir=args.runs_dir or cfg.runs_dir, tracking=args.tracking or cfg.tracking)
@@ -177,26 +226,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     from structsearch import study as study_mod
     from structsearch.drawing import draw_graph
 
-    storage = args.storage or study_mod.SearchConfig(study=args.study, runs_dir=args.runs_dir).storage_url()
+    _check(inputs.check_name, args.study)
+    out = _check(inputs.output_folder, args.out or Path(args.runs_dir) / args.study / "export", "--out", args.runs_dir)
+    if args.storage:
+        storage = _check(inputs.check_database_url, args.storage, existing=True)
+    else:  # the default SQLite file; looking for a study never creates one
+        db = Path(args.runs_dir) / args.study / "study.db"
+        if not db.is_file():
+            raise UsageError(
+                f"no study {args.study!r} under {args.runs_dir} (no {db}); start it with `structsearch optimize "
+                f"--study {args.study}`, or pass --runs-dir or --storage"
+            )
+        storage = f"sqlite:///{db.resolve()}"
     with _as_usage_errors(ValueError):
         study = study_mod.load_existing(args.study, storage)
     best = study_mod.ranked(study)[: args.top]
     if not best:
         raise UsageError(f"study {args.study!r} has no completed trial yet")
-    out = Path(args.out or Path(args.runs_dir) / args.study / "export")
     out.mkdir(parents=True, exist_ok=True)
     for rank, trial in enumerate(best, 1):
         graph = Graph.from_json(trial.user_attrs["graph_json"])
-        path = out / f"best-{rank}.{args.format}"
-        if args.format == "json":
-            path.write_text(graph.to_json() + "\n")
-        elif args.format == "dot":
+        path = out / f"best-{rank}.json"  # always: what `train --graph` reads back
+        path.write_text(graph.to_json() + "\n")
+        if args.format == "dot":
+            path = path.with_suffix(".dot")
             path.write_text(graph.to_dot())
-        else:
-            draw_graph(graph, path, title=f"#{rank} trial {trial.number}: {graph.key}")
+        elif args.format == "png":
+            path = draw_graph(graph, path.with_suffix(".png"), title=f"#{rank} trial {trial.number}: {graph.key}")
         print(f"{path}  trial {trial.number}  {graph.key}")
-    if args.format == "json":
-        print(f"retrain one with: structsearch train --graph {out / 'best-1.json'} ...")
+    print(f"retrain one with: structsearch train --graph {out / 'best-1.json'} ...")
     return 0
 
 
@@ -205,7 +263,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     from structsearch.tracking import default_uri
 
-    uri = args.tracking or default_uri(Path(args.runs_dir))
+    runs_dir = _check(inputs.output_folder, args.runs_dir, "--runs-dir")
+    with socket.socket() as probe:  # a busy port is one line here, not a server's traceback later
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", args.port))
+        except OSError as err:
+            raise UsageError(
+                f"port {args.port} on 127.0.0.1 is in use ({err.strerror}); pick another with --port N"
+            ) from None
+    uri = args.tracking or default_uri(runs_dir)
     print(f"MLflow UI on http://127.0.0.1:{args.port}  (store {uri}); Ctrl-C stops it")
     cmd = [
         sys.executable,
@@ -226,15 +293,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from structsearch.trial import evaluate_run
 
     run_dir = Path(args.run)
+    if args.tracking != "none":
+        _check_tracking(args.tracking)
     if not (run_dir / "config.json").exists():
         raise UsageError(f"{run_dir} is not a run folder (no config.json); give the folder `structsearch train` wrote")
     with _as_usage_errors(ValueError):
         cfg = config_mod.RunConfig.load(run_dir / "config.json")
     tracker = None
     if args.tracking != "none" and (run_dir / "run.json").exists():
-        import json
+        from structsearch.trial import read_run_record
 
-        uri = args.tracking or json.loads((run_dir / "run.json").read_text()).get("tracking_uri")
+        with _as_usage_errors(ValueError):
+            uri = args.tracking or read_run_record(run_dir).get("tracking_uri")
         tracker = _tracker(uri, f"train-{cfg.dataset}", Path(args.runs_dir)) if uri else None
     with _as_usage_errors(ValueError, FileNotFoundError):
         scores = evaluate_run(run_dir, args.metrics, args.scale, tracker, args.device)
@@ -356,7 +426,31 @@ def _print_top(study, cfg, top: int) -> None:
 
 
 def _gpus(text: str | None) -> list[str]:
-    return [g.strip() for g in text.split(",") if g.strip()] if text else []
+    """``--gpus 0,1``: GPU numbers, refused on a machine where torch sees no CUDA GPU."""
+    import torch
+
+    ids = [g.strip() for g in text.split(",")] if text is not None else []
+    if any(not g.isdigit() for g in ids):
+        raise UsageError(f"--gpus {text!r}: expected comma-separated GPU numbers such as 0 or 0,1")
+    if ids and not torch.cuda.is_available():
+        raise UsageError(
+            f"--gpus {text} asked for, but torch sees no CUDA GPU; drop --gpus (--workers N runs N CPU workers)"
+        )
+    return ids
+
+
+def _check(check: Callable, *args, **kwargs):
+    """``check(*args)`` with its ValueError turned into a one-line usage error."""
+    with _as_usage_errors(ValueError):
+        return check(*args, **kwargs)
+
+
+def _check_tracking(uri: str | None) -> None:
+    """A --tracking URI refused before anything is created (syntax, folder, driver, a server that is down)."""
+    if uri is not None:
+        from structsearch.tracking import check_uri
+
+        _check(check_uri, uri)
 
 
 @contextlib.contextmanager
@@ -407,7 +501,7 @@ def _spec(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="structsearch",
         description="Search DAGs over InfoGAN codes: train a GAN regularized by each graph, score it, compare in MLflow.",
     )
@@ -434,9 +528,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preset", choices=list(config_mod.PRESETS), help="training preset (paper, quick, tiny); flags override it"
     )
-    p.add_argument("--out", help="run folder (default: runs/<dataset>-<graph>-seed<S>)")
+    p.add_argument(
+        "--out",
+        help="run folder, created inside an existing folder or inside --runs-dir (default: runs/<dataset>-<graph>-seed<S>)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--runs-dir", default="runs", help="where runs and the default MLflow store live (default: runs)")
+    p.add_argument(
+        "--runs-dir",
+        default="runs",
+        help="where runs and the default MLflow store live, created inside an existing folder (default: runs)",
+    )
     p.add_argument("--tracking", help="MLflow tracking URI (default: sqlite:///<runs-dir>/mlflow.db), or 'none'")
     p.add_argument(
         "--max-minutes",
@@ -449,11 +550,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("optimize", help="search graphs with Optuna: one trial = one graph trained and scored")
     p.add_argument(
         "--trials",
-        type=int,
+        type=inputs.count,
         default=50,
         help="distinct graphs to train (default: 50; the whole space when it holds fewer); repeats are free",
     )
-    p.add_argument("--study", help="study name (default: <dataset>-<space>); rerunning resumes it")
+    p.add_argument(
+        "--study",
+        help=f"study name, {inputs.NAME_PATTERN} (default: <dataset>-<space>); rerunning resumes it, with the same "
+        "options but for --trials, --storage, --runs-dir, --tracking, --device, --data-dir and --log-every",
+    )
     p.add_argument(
         "--storage",
         help="Optuna storage URL (default: sqlite:///<runs-dir>/<study>/study.db; postgresql://... for many machines)",
@@ -493,9 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed-graph", action="append", default=[], help="a graph tried first (repeatable); independent always is"
     )
-    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine sharing the study")
+    p.add_argument("--workers", type=inputs.count, default=1, help="worker processes on this machine sharing the study")
     p.add_argument("--gpus", help="comma-separated GPU ids; worker i gets GPU i mod len")
-    p.add_argument("--top", type=int, default=5, help="rows of the final table")
+    p.add_argument("--top", type=inputs.count, default=5, help="rows of the final table")
     p.add_argument("--runs-dir", default="runs", help="where runs, studies and the default MLflow store live")
     p.add_argument("--tracking", help="MLflow tracking URI (default: sqlite:///<runs-dir>/mlflow.db), or 'none'")
     p.add_argument("--heartbeat-interval", type=int, default=10, help=argparse.SUPPRESS)
@@ -506,7 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="join an existing study from another process or machine")
     p.add_argument("--study", required=True)
     p.add_argument("--storage", required=True, help="the study's Optuna storage URL")
-    p.add_argument("--trials", type=int, help="distinct graphs the study should train (default: the study's own)")
+    p.add_argument(
+        "--trials", type=inputs.count, help="distinct graphs the study should train (default: the study's own)"
+    )
     p.add_argument("--runs-dir", help="where this worker writes its runs (default: the study's)")
     p.add_argument("--tracking", help="MLflow tracking URI (default: the study's)")
     p.add_argument("--device", help="device of this worker (default: the study's)")
@@ -516,9 +623,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", required=True)
     p.add_argument("--storage", help="Optuna storage URL (default: the study's SQLite file under --runs-dir)")
     p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--top", type=int, default=1, help="how many graphs (default: 1)")
-    p.add_argument("--format", default="json", choices=["json", "dot", "png"])
-    p.add_argument("--out", help="folder (default: <runs-dir>/<study>/export)")
+    p.add_argument("--top", type=inputs.count, default=1, help="how many graphs (default: 1)")
+    p.add_argument(
+        "--format",
+        default="json",
+        choices=["json", "dot", "png"],
+        help="json, or also a DOT file or a picture beside each JSON file (default: json)",
+    )
+    p.add_argument("--out", help="folder, created inside an existing one (default: <runs-dir>/<study>/export)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="recompute every metric of a trained run from its checkpoint")
@@ -529,7 +641,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated extra metrics (mig,dci,sap,modularity,factorvae,betavae,shd,fid), 'all' the dataset allows, or 'none' (only the base scores)",
     )
     p.add_argument(
-        "--scale", type=float, default=1.0, help="fraction of disentanglement_lib's sample counts (1.0: comparable)"
+        "--scale",
+        type=inputs.positive_number,
+        default=1.0,
+        help="fraction (> 0) of disentanglement_lib's sample counts (1.0: comparable)",
     )
     p.add_argument("--device", help="device (default: the run's)")
     p.add_argument("--runs-dir", default="runs")
@@ -570,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="start the MLflow UI on the project's tracking store, bound to 127.0.0.1")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--tracking", help="tracking URI (default: sqlite:///<runs-dir>/mlflow.db)")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=inputs.port, default=5000, help="port on 127.0.0.1, 1-65535 (default: 5000)")
     p.set_defaults(func=cmd_ui)
     return parser
 
@@ -581,7 +696,11 @@ def _quiet_libraries(record: logging.LogRecord) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _ParseError as err:
+        print(err, file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,16 +49,40 @@ class RunConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        train = TrainConfig(**data.get("train", {}))
-        return cls(**{k: v for k, v in data.items() if k != "train"}, train=train)
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """Build from :meth:`to_dict`'s form; a missing field takes its default, an unknown one is refused."""
+        _known_fields(cls, data, "")
+        train = data.get("train", {})
+        _known_fields(TrainConfig, train, "train.")
+        return cls(**{k: v for k, v in data.items() if k != "train"}, train=TrainConfig(**train))
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
-        return cls.from_dict(json.loads(path.read_text()))
+        """A run folder's ``config.json``; ``ValueError`` naming the file when it is not a valid one."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_bytes().decode("utf-8")))
+        except json.JSONDecodeError as err:
+            reason = f"{err.msg} at line {err.lineno} column {err.colno}"
+        except UnicodeDecodeError:
+            reason = "not UTF-8 text"
+        except (ValueError, TypeError) as err:  # unknown field, impossible value, wrong type
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(
+            f"{path} is not a valid structsearch run config ({reason}); restore it, or start the run over in a new folder"
+        )
+
+
+def _known_fields(cls, data: Any, prefix: str) -> None:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{prefix or 'the config'} must be a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(
+            f"unknown field {prefix}{unknown[0]!r}" + (f" (and {len(unknown) - 1} more)" if unknown[1:] else "")
+        )
 
 
 # Named presets of training fields (nanoGPT's config/*.py, as data).
@@ -160,3 +185,55 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' asked for, but this torch build has no MPS; use --device cpu or auto")
     return torch.device(name)
+
+
+# ---- comparing configs ---------------------------------------------------------------------------
+
+# Fields a resumed run may change (``train --resume``): how long it trains, how often it logs and
+# checkpoints, where it runs and where its data files are. ``--max-minutes`` is no field and may
+# always change. Anything else would continue the checkpoint under another computation.
+RESUME_MAY_CHANGE = frozenset({"train.n_steps", "train.log_every", "train.checkpoint_every", "device", "data_dir"})
+
+# Flags whose name is not the field's (``--`` + the last part with dashes, otherwise).
+_FLAGS = {"n_steps": "--steps", "n_trials": "--trials", "objectives": "--objective", "forbidden": "--forbid"}
+_FLAGS |= {"seed_graphs": "--seed-graph"}
+
+
+def flag_of(key: str) -> str:
+    """The command-line flag of a (dotted) config field: ``train.n_steps`` -> ``--steps``."""
+    name = key.rsplit(".", 1)[-1]
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def differences(old: Any, new: Any, may_differ: frozenset[str] = frozenset()) -> list[tuple[str, Any, Any]]:
+    """``(dotted field, old value, new value)`` for every field of two configs (dataclasses or
+    their dicts) that differs, fields in ``may_differ`` left out; tuples and lists compare equal."""
+    flat_old, flat_new = _flatten(_as_dict(old)), _flatten(_as_dict(new))
+    keys = list(dict.fromkeys([*flat_old, *flat_new]))
+    return [
+        (k, flat_old.get(k), flat_new.get(k))
+        for k in keys
+        if k not in may_differ and flat_old.get(k) != flat_new.get(k)
+    ]
+
+
+def describe_difference(diffs: list[tuple[str, Any, Any]], then: str, now: str) -> str:
+    """``--objective was ["struct_bic"] <then>, ["shd"] <now>`` for the first, and how many more."""
+    key, old, new = diffs[0]
+    others = [f for f in dict.fromkeys(flag_of(k) for k, _, _ in diffs[1:]) if f != flag_of(key)]
+    more = f" (and {len(others)} more: {', '.join(others)})" if others else ""
+    return f"{flag_of(key)} was {json.dumps(old)} {then}, {json.dumps(new)} {now}{more}"
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    return asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, Mapping):
+            flat |= _flatten(v, f"{prefix}{k}.")
+        else:
+            flat[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return flat

@@ -48,8 +48,9 @@ def draw_graph(graph: Graph, path: str | Path, title: str | None = None) -> Path
     ax.set_ylim(-0.45, 1.9)
     ax.axis("off")
     ax.set_title(title or graph.key or "(no edges)", fontsize=8, wrap=True)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    path = Path(path)  # its folder must exist: a picture never creates folders
+    try:
+        fig.savefig(path, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path

@@ -150,9 +150,16 @@ class Graph:
             raise GraphError('graph JSON must be an object with an "edges" list, e.g. {"edges": ["c1->q1"]}')
         if "codes" in data:
             codes = data["codes"]
-            text = ",".join(codes) if isinstance(codes, list) else str(codes)
+            if not (isinstance(codes, str) or isinstance(codes, list) and all(isinstance(c, str) for c in codes)):
+                raise GraphError(f'"codes" must be a list of strings like ["cat10", "cont"], got {json.dumps(codes)}')
+            text = ",".join(codes) if isinstance(codes, list) else codes
+            noise = data.get("noise_dim", spec.noise_dim if spec else 0)
+            if isinstance(noise, float) and noise.is_integer():
+                noise = int(noise)
+            if isinstance(noise, bool) or not isinstance(noise, int) or noise < 0:
+                raise GraphError(f'"noise_dim" must be a whole number >= 0, got {json.dumps(noise)}')
             try:
-                own = LatentSpec.parse(f"{text};noise={int(data.get('noise_dim', spec.noise_dim if spec else 0))}")
+                own = LatentSpec.parse(f"{text};noise={noise}")
             except ValueError as err:
                 raise GraphError(f"bad codes in graph JSON: {err}") from None
             if spec is not None and own.codes != spec.codes:
@@ -286,10 +293,29 @@ def load_graph(source: str | os.PathLike, spec: LatentSpec | str) -> Graph:
             raise GraphError(
                 f"graph file {text!r} does not exist; give a preset ({', '.join(PRESETS)}), a file or edges like 'c1->q1, q1->q2'"
             )
-        body = path.read_text()
-        return Graph.from_json(body, spec) if body.lstrip().startswith("{") else Graph.parse(body, spec)
+        body = _read_text(path)
+        if path.suffix == ".json" or body.lstrip().startswith("{"):
+            return Graph.from_json(body, spec)
+        return Graph.parse(body, spec)
     if "->" not in text:
         raise GraphError(
             f"unknown graph {text!r}; give a preset ({', '.join(PRESETS)}), a .json file or edges like 'c1->q1, q1->q2'"
         )
     return Graph.parse(text, spec)
+
+
+def _read_text(path: Path) -> str:
+    """A graph file's text: UTF-8, not empty (an empty file is a mistake, not the empty graph)."""
+    try:
+        body = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise GraphError(
+            f"graph file {str(path)!r} is not UTF-8 text (byte {err.object[err.start]:#04x} at position {err.start}); "
+            "save it as UTF-8"
+        ) from None
+    if not body.strip():
+        raise GraphError(
+            f'graph file {str(path)!r} is empty; write JSON like {{"edges": ["c1->q1"]}} or edges like '
+            "'c1->q1, q1->q2', or use the preset 'empty' for a graph with no edges"
+        )
+    return body

@@ -40,6 +40,7 @@ from search_spaces import SCORE_EQUIVALENT, CandidatesSpace, SearchSpace
 from structsearch import scores, tracking
 from structsearch.graph import Graph, load_graph
 from structsearch.study import (
+    PopLock,
     SearchConfig,
     claim_graph,
     config_of,  # noqa: F401
@@ -78,8 +79,10 @@ class Objective:
         self.tracker, self.parent_run_id = tracker, parent_run_id
         self.possible_edges = space.possible_edges()
         self.repeats = 0  # proposals in a row that repeated a trained graph
+        self.pop_lock = PopLock(cfg.storage_url())
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...] | float:
+        self.pop_lock.release()  # the trial is ours: the next worker may take one
         graph = self.space.suggest(trial)
         trial.set_user_attr("graph_key", graph.key)
         trial.set_user_attr("graph_json", graph.to_json(indent=None))
@@ -229,7 +232,11 @@ def optimize(cfg: SearchConfig, prepared: Prepared | None = None) -> optuna.Stud
         if objective.repeats >= MAX_REPEATS and graphs:
             _fill_in(study, p.space, graphs, rng)
             objective.repeats = 0
-        study.optimize(objective, n_trials=1, catch=())
+        objective.pop_lock.acquire()
+        try:
+            study.optimize(objective, n_trials=1, catch=())
+        finally:
+            objective.pop_lock.release()
         _log_progress(study, cfg)
     if graphs and target == len(graphs):
         logger.info("all %d graphs of the space are trained: the search is exhaustive", len(graphs))

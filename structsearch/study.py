@@ -10,6 +10,7 @@ re-enqueued with the same graph (``RetryHeartbeatStaleTrialCallback``).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import json
@@ -30,8 +31,9 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from search_spaces import Constraints, SearchSpace, make_space
-from structsearch.config import RunConfig
+from structsearch.config import RunConfig, describe_difference, differences, flag_of
 from structsearch.graph import Graph
+from structsearch.inputs import check_name
 from structsearch.scores import direction
 
 logger = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ class SearchConfig:
     def storage_url(self) -> str:
         if self.storage:
             return self.storage
-        folder = Path(self.runs_dir) / self.study
+        folder = Path(self.runs_dir) / check_name(self.study)  # the name becomes a folder
         folder.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{(folder / 'study.db').resolve()}"
 
@@ -141,6 +143,7 @@ def open_study(cfg: SearchConfig, worker: int = 0) -> optuna.Study:
         grace_period=cfg.grace_period,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
     )
+    check_rerun(storage, cfg)
     study = optuna.create_study(
         storage=storage,
         study_name=cfg.study,
@@ -151,7 +154,52 @@ def open_study(cfg: SearchConfig, worker: int = 0) -> optuna.Study:
     )
     if CONFIG_ATTR not in study.user_attrs:
         study.set_user_attr(CONFIG_ATTR, cfg.to_json())
+    _engine(cfg.storage_url())  # the study's own tables exist before any worker of this study starts
     return study
+
+
+# What a rerun of a study (or a worker joining it) may change: where its files, store and data
+# are, how many trials it should reach, this process's device, logging and heartbeats. Everything
+# else decides what a trial computes or which graphs are proposed, and a study mixing two of them
+# would rank trials that are not comparable.
+RERUN_MAY_DIFFER = frozenset(
+    {
+        "n_trials",
+        "storage",
+        "runs_dir",
+        "tracking",
+        "heartbeat_interval",
+        "grace_period",
+        "run.device",
+        "run.data_dir",
+        "run.train.log_every",
+    }
+)
+
+
+def check_rerun(storage: optuna.storages.BaseStorage, cfg: SearchConfig) -> None:
+    """Refuse to continue an existing study under another config than the one stored in it
+    (fields in ``RERUN_MAY_DIFFER`` aside): one ``ValueError`` line naming the first difference."""
+    try:
+        study_id = storage.get_study_id_from_name(cfg.study)
+    except KeyError:
+        return  # a new study
+    stored = storage.get_study_user_attrs(study_id).get(CONFIG_ATTR)
+    if stored is None:
+        return
+    try:
+        old = SearchConfig.from_json(stored)
+    except (TypeError, ValueError, KeyError) as err:
+        raise ValueError(
+            f"study {cfg.study!r} holds a config this version cannot read ({err}); start a new study with --study NEW_NAME"
+        ) from None
+    changed = differences(old, cfg, RERUN_MAY_DIFFER)
+    if changed:
+        allowed = ", ".join(sorted({flag_of(k) for k in RERUN_MAY_DIFFER} - {"--heartbeat-interval", "--grace-period"}))
+        raise ValueError(
+            f"study {cfg.study!r}: {describe_difference(changed, 'when it was made', 'in this command')}; a rerun may "
+            f"change only {allowed}: rerun with the study's own options, or start a new study with --study NEW_NAME"
+        )
 
 
 def config_of(study_name: str, storage: str) -> SearchConfig:
@@ -231,8 +279,14 @@ WORKERS = sa.Table(
 
 @functools.lru_cache(maxsize=8)
 def _engine(url: str) -> sa.Engine:
-    engine = sa.create_engine(url)
-    _META.create_all(engine, checkfirst=True)
+    # SQLite: wait for a busy database (workers write at once) instead of failing after 5 s
+    engine = sa.create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {})
+    try:
+        _META.create_all(engine, checkfirst=True)
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError):  # another worker created them in between
+        missing = set(_META.tables) - set(sa.inspect(engine).get_table_names())
+        if missing:
+            raise
     return engine
 
 
@@ -249,6 +303,31 @@ def claim_graph(url: str, study: str, key: str, trial: int) -> int:
         with engine.connect() as conn:
             query = sa.select(CLAIMS.c.trial).where(CLAIMS.c.study == study, CLAIMS.c.graph_hash == digest)
             return int(conn.execute(query).scalar_one())
+
+
+class PopLock:
+    """Serializes, across processes, the moment a worker takes the next trial of a SQLite study.
+
+    Optuna takes an enqueued (WAITING) trial with a read-then-write that PostgreSQL locks
+    (``SELECT ... FOR UPDATE``) and SQLite does not, so two workers starting together could both
+    take one enqueued trial and both train it. ``acquire`` before ``study.optimize``; the objective
+    calls ``release`` as its first step, once its trial is its own. A no-op for other databases.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.path = Path(url.removeprefix("sqlite:///") + ".pop.lock") if url.startswith("sqlite:///") else None
+        self.handle = None
+
+    def acquire(self) -> None:
+        if self.path is not None and self.handle is None:
+            self.handle = open(self.path, "w")  # noqa: SIM115 (held across calls)
+            fcntl.flock(self.handle, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
 
 
 def register_worker(url: str, study: str) -> int:

@@ -16,7 +16,9 @@ import fcntl
 import logging
 import math
 import os
+import socket
 import time
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +26,10 @@ from typing import Any, Protocol
 logger = logging.getLogger(__name__)
 
 NONE = "none"
+# Schemes MLflow tracks to (its file store, a bare path, is deprecated and refused).
+SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+ACCEPTED = "expected sqlite:///PATH/mlflow.db, http(s)://HOST:PORT, a database URL, or 'none'"
+PROBE_TIMEOUT_S = 5  # a server that does not answer is refused at once, not after MLflow's retries
 
 
 class Tracker(Protocol):
@@ -184,12 +190,59 @@ def make_tracker(uri: str | None, experiment: str, runs_dir: Path) -> Tracker:
         return NullTracker()
     if uri is None:
         uri = default_uri(runs_dir)
-    if uri.startswith("file:") or ("://" not in uri):
-        raise ValueError(
-            f"tracking URI {uri!r} is MLflow's deprecated file store; use e.g. sqlite:///runs/mlflow.db or 'none'"
-        )
+    check_uri(uri)
     # Artifacts beside a SQLite store; a server or database URL keeps its own artifact root.
     artifact_root = (
         Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" if uri.startswith("sqlite:///") else None
     )
-    return MlflowTracker(uri, experiment, artifact_root)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowTracker(uri, experiment, artifact_root)
+    except MlflowException as err:  # a store that answers but refuses: one line, not MLflow's traceback
+        raise ValueError(f"tracking URI {uri!r}: {str(err).strip().splitlines()[0][:300]}") from None
+
+
+def check_uri(uri: str) -> str:
+    """Refuse a tracking URI MLflow cannot use, before anything is created: a path (the deprecated
+    file store), an unknown scheme, a SQLite file in a missing folder, a database without its
+    driver, or a server that does not answer within ``PROBE_TIMEOUT_S``. MLflow's own retries
+    (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, 7 with backoff, about 4 minutes) stay as they are for a
+    run in progress: there they ride out rate limits and server restarts."""
+    from structsearch.inputs import check_database_url
+
+    if uri == NONE:
+        return uri
+    scheme, sep, _ = uri.partition("://")
+    if scheme == "file" or not sep and (uri.startswith("file:") or ":" not in uri):
+        raise ValueError(
+            f"tracking URI {uri!r} is MLflow's deprecated file store; use e.g. sqlite:///runs/mlflow.db or 'none'"
+        )
+    if not sep:
+        raise ValueError(f"tracking URI {uri!r} is not a URI MLflow can track to; {ACCEPTED}")
+    base = scheme.split("+")[0].lower()
+    if base not in SCHEMES:
+        raise ValueError(f"tracking URI {uri!r}: unsupported scheme {base!r}; {ACCEPTED}")
+    if base in ("http", "https"):
+        _probe(uri)
+    elif base != "databricks":
+        check_database_url(uri, "tracking URI")
+    return uri
+
+
+def _probe(uri: str) -> None:
+    """Connect once to the server of an http(s) URI, with a short timeout."""
+    parts = urllib.parse.urlsplit(uri)
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a port that is not a number, or out of range
+        host = port = None
+    if not host or not port:
+        raise ValueError(f"tracking URI {uri!r} names no valid host and port; expected e.g. http://127.0.0.1:5000")
+    try:
+        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        raise ValueError(
+            f"tracking server {uri} does not answer ({err.strerror or err}); start it "
+            f"(`structsearch ui --port {port}` serves one on this machine) or pass --tracking none"
+        ) from None

@@ -43,7 +43,7 @@ from gan.traversal import save_traversals
 from structsearch import scores as scores_mod
 from structsearch.config import RunConfig, resolve_device
 from structsearch.drawing import draw_graph
-from structsearch.graph import Graph, load_graph
+from structsearch.graph import Graph, GraphError, load_graph
 from structsearch.scores import Evaluator
 from structsearch.scoring import make_table
 from structsearch.tracking import NullTracker, Tracker
@@ -241,6 +241,7 @@ class Recorder:
     ) -> None:
         """Write the config, the graph and the anchors (:func:`anchor_record`); start the tracked run,
         or continue it on a resume."""
+        resumed_id = read_run_record(self.run_dir).get("run_id") if resume else None  # read before any write
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.cfg, self.graph = cfg, graph
         cfg.save(self.run_dir / "config.json")
@@ -250,8 +251,8 @@ class Recorder:
             (self.run_dir / "anchors.json").write_text(json.dumps(dict(anchors)) + "\n")
             self.params |= {f"anchors.{k}": anchors[k] for k in ("count", "sha256")}
         record = self.run_dir / "run.json"
-        if resume and record.exists() and (run_id := json.loads(record.read_text()).get("run_id")):
-            self.run_id = self.tracker.resume_run(run_id)
+        if resumed_id:
+            self.run_id = self.tracker.resume_run(resumed_id)
             return
         params = _flat_params(cfg) | graph_params(graph) | self.params
         self.run_id = self.tracker.start_run(self.name, params, tags=self.tags, parent_run_id=self.parent_run_id)
@@ -311,10 +312,10 @@ def run_trial(
     bar; on ``resume`` training continues from the folder's checkpoint. Never raises for a
     diverged run."""
     started = time.time()
-    recorder.start(cfg, graph, resume, anchor_record(cfg, graph.spec, dataset))
     trainer = make_trainer(cfg, graph, dataset)
-    if resume:
+    if resume:  # before start: a checkpoint that does not load leaves the folder as it was
         recorder.restore(trainer)
+    recorder.start(cfg, graph, resume, anchor_record(cfg, graph.spec, dataset))
     bar = tqdm(
         total=cfg.train.n_steps,
         initial=trainer.step,
@@ -355,7 +356,7 @@ def load_run(run_dir: Path, device: str | None = None):
     if device:
         cfg = dataclasses.replace(cfg, device=device)
     dataset = load_dataset(cfg)
-    graph = Graph.from_json((run_dir / "graph.json").read_text())
+    graph = read_run_graph(run_dir)
     trainer = make_trainer(cfg, graph, dataset)
     trainer.load(run_dir / "checkpoint.pt")
     return cfg, graph, dataset, trainer
@@ -371,6 +372,33 @@ def real_codes(run_dir: Path, n: int | None = None, device: str | None = None):
     return cfg, graph, dataset, make_table(scores_mod.code_columns(graph.spec, q, "q"), graph.spec)
 
 
+def read_run_graph(run_dir: Path, spec=None) -> Graph:
+    """The graph a run folder was trained with: its own ``graph.json`` (never the path the config
+    names, which may be relative or may have changed since)."""
+    path = Path(run_dir) / "graph.json"
+    try:
+        return Graph.from_json(path.read_bytes().decode("utf-8"), spec)
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist; give a run folder written by `structsearch train`") from None
+    except (UnicodeDecodeError, GraphError) as err:
+        reason = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else str(err)
+        raise ValueError(f"{path} is not a valid run graph ({reason}); restore it, or start the run over") from None
+
+
+def read_run_record(run_dir: Path) -> dict:
+    """A run folder's ``run.json`` (its MLflow run id and store), ``{}`` when it has none."""
+    path = Path(run_dir) / "run.json"
+    if not path.exists():
+        return {}
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except ValueError:  # not JSON, not UTF-8
+        record = None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} is not a valid run record (JSON with run_id and tracking_uri); fix or delete it")
+    return record
+
+
 def evaluate_run(
     run_dir: Path, metrics: str = "all", scale: float = 1.0, tracker: Tracker | None = None, device: str | None = None
 ) -> dict[str, float]:
@@ -381,8 +409,7 @@ def evaluate_run(
     timings: dict[str, float] = {}
     evaluator = Evaluator(graph, dataset, cfg.n_eval, cfg.train.seed, scale, trainer.sample_latents)
     scores = evaluator(trainer.G, trainer.D, extra=extra, seconds=timings)
-    record = run_dir / "run.json"
-    run_id = json.loads(record.read_text()).get("run_id") if record.exists() else None
+    run_id = read_run_record(run_dir).get("run_id")
     if tracker is not None and run_id:
         tracker.log_metrics(run_id, {f"eval/{k}": v for k, v in scores.items()}, trainer.step)
     (run_dir / "evaluation.json").write_text(

@@ -11,8 +11,9 @@ from structsearch.cli import main
         (["--objective", "bic_gen"], "bic_gen is a diagnostic, not an objective"),
         (["--objective", "cat_acc"], "objective cat_acc needs a labelled dataset and a categorical code"),
         (["--objective", "accuracy"], "unknown objective 'accuracy'"),
-        (["--trials", "0"], "--trials and --workers must be >= 1, got 0"),
-        (["--trials", "-3"], "--trials and --workers must be >= 1, got -3"),
+        (["--trials", "0"], "argument --trials: expected an integer >= 1, got '0'"),
+        (["--trials", "-3"], "argument --trials: expected an integer >= 1, got '-3'"),
+        (["--workers", "0"], "argument --workers: expected an integer >= 1, got '0'"),
         (["--space", "classes", "--objective", "info"], "--space classes trains one DAG per Markov class"),
         (
             ["--sampler", "grid", "--codes", "cont,cont,cont,cont,cont,cont;noise=0"],

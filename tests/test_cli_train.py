@@ -42,7 +42,7 @@ def test_train_on_shapes_tracks_everything_and_resumes(tmp_path, capsys) -> None
     ]
     assert main([*argv, "--steps", "10"]) == 0
     printed = capsys.readouterr().out
-    assert "struct_bic" in printed and "mlflow ui --backend-store-uri" in printed
+    assert "struct_bic" in printed and f"open with  structsearch ui --runs-dir {runs}\n" in printed
 
     client, run, artifacts = _only_run(runs / "mlflow.db")
     assert run.data.params["graph"] == "c1->q1, c2->q2, c3->q3, q1->q3, q2->q3"

@@ -176,9 +176,7 @@ def test_download_retries_mirrors_and_verifies(tmp_path, monkeypatch):
     ds = get_dataset("mnist")
     cache = pathlib.Path(os.environ["HOME"]) / ".cache" / "structsearch" / "mnist"
     assert ds.folder == cache and len(calls) == 8
-    assert sorted(p.name for p in cache.iterdir()) == sorted(
-        [f"{f.name}.gz" for f in source.files] + [mnist.VERIFIED_MARKER]
-    )
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{f.name}.gz" for f in source.files)
     np.testing.assert_array_equal(ds.train_labels.numpy(), arrays[1])
     images, labels = ds.test_images(3)
     np.testing.assert_array_equal(((images[:, 0] + 1) * 127.5).round().numpy(), arrays[2][:3])
@@ -201,8 +199,7 @@ def test_corrupted_file_is_refused(tmp_path, monkeypatch):
     folder.mkdir(parents=True)
     for name, content in contents.items():
         (folder / name).write_bytes(content)
-    get_dataset("mnist", data_dir=tmp_path / "data")  # intact: loads, and remembers the check
-    assert (folder / mnist.VERIFIED_MARKER).exists()
+    get_dataset("mnist", data_dir=tmp_path / "data")  # intact: loads
     broken = bytearray(contents["t10k-labels-idx1-ubyte"])
     broken[-1] ^= 1
     (folder / "t10k-labels-idx1-ubyte").write_bytes(bytes(broken))  # same size, new mtime
@@ -212,6 +209,24 @@ def test_corrupted_file_is_refused(tmp_path, monkeypatch):
     message = str(info.value)
     assert str(folder / "t10k-labels-idx1-ubyte") in message and "checksum mismatch" in message
     assert source.files[3].sha256 in message and hashlib.sha256(broken).hexdigest() in message
+
+
+def test_a_tampered_real_mnist_file_is_refused_even_with_its_size_and_mtime_restored(tmp_path, mnist_dir):
+    """A check remembered by size and mtime was bypassed by restoring both; the content is what counts."""
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for file in mnist.SOURCES["mnist"].files:  # raw copies: a tampered byte keeps the size
+        (folder / file.name).write_bytes(gzip.decompress((mnist_dir / f"{file.name}.gz").read_bytes()))
+    assert get_dataset("mnist", data_dir=tmp_path).n_test == 10000  # intact: loads
+    labels = folder / "t10k-labels-idx1-ubyte"
+    stat = labels.stat()
+    content = bytearray(labels.read_bytes())
+    content[-1] = (content[-1] + 1) % 10  # one test label changed: still a well-formed IDX file
+    labels.write_bytes(bytes(content))
+    os.utime(labels, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (labels.stat().st_size, labels.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    with pytest.raises(DatasetError, match=r"t10k-labels-idx1-ubyte: checksum mismatch, refusing to use it"):
+        get_dataset("mnist", data_dir=tmp_path)
 
 
 def test_real_checksums_refuse_a_plausible_fake(tmp_path):

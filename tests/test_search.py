@@ -183,13 +183,14 @@ def test_killed_worker_trial_is_retried_with_the_same_graph(tmp_path) -> None:
         "1",
         "--grace-period",
         "3",
+        "--steps",
+        "200",  # killed at its first checkpoint (step 10); a rerun repeats the study's options
     ]
-    long = [*argv, "--steps", "100000"]  # the first trial would never finish on its own
-    proc = subprocess.Popen(long, env=_worker_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, env=_worker_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not (runs / "k" / "trial-0000" / "checkpoint.pt").exists():
-            time.sleep(0.5)
+            time.sleep(0.1)
         assert (runs / "k" / "trial-0000" / "checkpoint.pt").exists(), "the worker never reached its first checkpoint"
     finally:
         proc.send_signal(signal.SIGKILL)

@@ -1,0 +1,140 @@
+"""What a user types that becomes a folder, a file, a database URL or a count, checked once at the
+boundary. Each refusal is a one-line ``ValueError`` naming the value and what is accepted (the CLI
+prints it and exits 2); ``argparse``'s types raise ``ArgumentTypeError`` instead.
+
+Outputs never create folders a typo asked for:
+
+* a file output (``graph --out/--json/--dot``) goes into an existing folder;
+* a folder output (``--runs-dir``, ``train --out``, ``export --out``) is created, but only inside
+  an existing folder, or anywhere inside ``--runs-dir`` (the tree structsearch owns: a run folder
+  ``runs/shapes/collider`` may create ``runs/shapes``). ``/nonexistent/dir/run`` is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from pathlib import Path
+
+NAME_PATTERN = r"[A-Za-z0-9._-]{1,100}"
+_NAME = re.compile(NAME_PATTERN)
+
+
+def check_name(name: str, what: str = "study name") -> str:
+    """A name that becomes a folder (a study's): ``[A-Za-z0-9._-]{1,100}``, not ``.`` or ``..``."""
+    if _NAME.fullmatch(name) is None or name in (".", ".."):
+        shown = repr(name) if len(name) <= 60 else f"{name[:40]!r}... ({len(name)} characters)"
+        raise ValueError(f"{what} {shown} is not allowed: use {NAME_PATTERN} (letters, digits, . _ -), not . or ..")
+    return name
+
+
+# ---- outputs -------------------------------------------------------------------------------------
+
+
+def output_file(path: str, flag: str) -> Path:
+    """A file to write: its folder must exist, and it must not be a folder itself."""
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{flag} {path}: is a folder; give a file path such as {target / 'graph.png'}")
+    if not target.parent.is_dir():
+        raise ValueError(f"{flag} {path}: folder {target.parent} does not exist; create it first or pick another path")
+    return target
+
+
+def output_folder(path: str | Path, flag: str, inside: str | Path | None = None) -> Path:
+    """A folder to create (or reuse): inside an existing folder, or anywhere inside ``inside``."""
+    target = Path(path)
+    if target.exists():
+        if not target.is_dir():
+            raise ValueError(f"{flag} {path}: is a file, not a folder")
+        return target
+    if inside is not None and target.resolve().is_relative_to(Path(inside).resolve()):
+        return target
+    if not target.parent.is_dir():
+        raise ValueError(f"{flag} {path}: folder {target.parent} does not exist; create it first or pick another path")
+    return target
+
+
+# ---- database URLs (Optuna storage, MLflow stores) -------------------------------------------
+
+DATABASE_URLS = "sqlite:///PATH/NAME.db or postgresql://USER:PASSWORD@HOST/DB"
+# The module a missing driver raised ModuleNotFoundError for -> what installs it.
+_INSTALL = {
+    "psycopg": "pip install psycopg2-binary and write postgresql+psycopg2://..., or pip install 'psycopg[binary]'",
+    "psycopg2": "pip install psycopg2-binary",
+    "MySQLdb": "pip install pymysql and write mysql+pymysql://..., or pip install mysqlclient",
+    "pymysql": "pip install pymysql",
+}
+
+
+def check_database_url(url: str, what: str = "storage URL", existing: bool = False) -> str:
+    """A SQLAlchemy URL whose database and driver exist here; a SQLite file's folder must exist
+    (and, with ``existing``, the file itself: reading a study never creates an empty database)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(f"{what} {url!r} is not a database URL; expected {DATABASE_URLS}") from None
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        backend = parsed.get_backend_name()
+        raise ValueError(f"{what} {url!r}: unknown database {backend!r}; expected {DATABASE_URLS}") from None
+    try:
+        dialect.import_dbapi() if hasattr(dialect, "import_dbapi") else dialect.dbapi()
+    except ImportError as err:
+        module = getattr(err, "name", None) or dialect.driver
+        install = _INSTALL.get(module, f"pip install {module}")
+        raise ValueError(
+            f"{what} {url!r} needs the database driver {module}, which is not installed: {install}"
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise ValueError(f"{what} {url!r} names no database file; expected sqlite:///PATH/NAME.db")
+        path = Path(parsed.database)
+        if not path.parent.is_dir():
+            raise ValueError(
+                f"{what} {url!r}: folder {path.parent} does not exist; create it first or pick another path"
+            )
+        if existing and not path.is_file():
+            raise ValueError(f"{what} {url!r}: {path} does not exist; check the path, or create the study first")
+    return url
+
+
+# ---- argparse types ------------------------------------------------------------------------------
+
+
+def count(text: str) -> int:
+    """An integer >= 1 (``--trials``, ``--workers``, ``--top``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """A finite number > 0 (``--scale``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def port(text: str) -> int:
+    """A TCP port, 1-65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got {text!r}")
+    return value
