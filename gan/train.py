@@ -6,6 +6,9 @@ One step, as in InfoGAN (openai/InfoGAN: the Q head and D share the trunk and on
    + lambda_info * L_info + lambda_struct * R_G on the (detached) generated batch;
 2. G: non-saturating adversarial loss + lambda_info * L_info + lambda_struct * R_G.
 
+With ``lambda_pair > 0`` (:mod:`gan.pairs`) a pair discriminator step on real and generated
+intervention pairs runs between the two, and G's loss gains lambda_pair times its pair term.
+
 The codes come from ``cfg.code_prior`` (:mod:`gan.prior`): independent, or a linear SCM over the
 graph's q->q edges. With lambda_struct = 0 the regularizer is not computed at all (plain
 InfoGAN). Losses stay on the device: the host syncs only every ``log_every`` steps, where a
@@ -31,6 +34,7 @@ import torch
 from gan.latents import LatentSpec
 from gan.losses import d_loss, g_loss, info_loss
 from gan.models import build_models
+from gan.pairs import PAIR_KEYS, PairGAN, SampleRealPairs, sample_pair_latents
 from gan.prior import CodePrior
 from gan.structure import Correction, Form, StructuralLoss
 
@@ -88,6 +92,10 @@ class TrainConfig:
         "prior of the codes fed to G: independent (InfoGAN) or a linear SCM over the graph's q->q edges",
         "independent",
     )
+    lambda_pair: float = doc_field(
+        "weight of the intervention-pair adversarial loss (0: no pairs; > 0 needs a dataset with pairs and code_prior graph)",
+        0.0,
+    )
     gan_loss: GanLoss = doc_field("adversarial loss", "bce")
     width: float = doc_field("width multiplier of every hidden layer", 1.0)
     precision: Precision = doc_field("fp32, or bf16 autocast (R_G's solve stays fp32)", "fp32")
@@ -97,6 +105,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.lambda_pair < 0 or (self.lambda_pair > 0 and self.code_prior != "graph"):
+            raise ValueError(
+                f"lambda_pair must be >= 0, and > 0 only with code_prior graph (the generated pairs' "
+                f"interventions follow the graph's SCM); got lambda_pair={self.lambda_pair}, code_prior={self.code_prior!r}"
+            )
 
 
 @dataclass
@@ -118,6 +131,8 @@ class Trainer:
         sample_real: draws (B, C, H, W) real images on ``device`` with the given generator.
         image_shape: (C, H, W).
         device: where models, data and random streams live.
+        sample_real_pairs: draws real intervention pairs (x, x'), each (B, C, H, W); needed when
+            ``lambda_pair > 0`` (:mod:`gan.pairs`), unused otherwise.
     """
 
     def __init__(
@@ -128,6 +143,7 @@ class Trainer:
         sample_real: Callable[[int, torch.Generator], torch.Tensor],
         image_shape: tuple[int, int, int],
         device: torch.device,
+        sample_real_pairs: SampleRealPairs | None = None,
     ) -> None:
         self.cfg, self.spec, self.sample_real, self.device = cfg, spec, sample_real, device
         torch.manual_seed(cfg.seed)  # weight init
@@ -150,6 +166,8 @@ class Trainer:
             if cfg.lambda_struct > 0
             else None
         )
+        self.pairs = PairGAN(cfg, self.prior, sample_real_pairs, image_shape, device) if cfg.lambda_pair > 0 else None
+        self.loss_keys = LOSS_KEYS + (PAIR_KEYS if self.pairs is not None else ())
         self.step = 0
 
     # ---- one step ------------------------------------------------------------------------------
@@ -159,6 +177,12 @@ class Trainer:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(z, c) on the device from the run's code prior (the latent stream unless ``generator``)."""
         return self.prior.sample(batch_size, generator or self.latent_rng, self.device)
+
+    def sample_pair_latents(
+        self, batch_size: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z, c, c') on the device: codes before and after an intervention on one code (:mod:`gan.pairs`)."""
+        return sample_pair_latents(self.prior, batch_size, generator, self.device)
 
     def _autocast(self):
         enabled = self.cfg.precision == "bf16"
@@ -185,11 +209,16 @@ class Trainer:
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
+        pair = {} if self.pairs is None else {"loss/d_pair": self.pairs.d_step(self.G, self._autocast)}
 
         with self._autocast():
             fake_logit, q_out = self.D(fake)
             info, struct = self._code_terms(c, q_out)
             loss_g = g_loss(fake_logit, cfg.gan_loss) + cfg.lambda_info * info + cfg.lambda_struct * struct
+            if self.pairs is not None:
+                pair_g = self.pairs.g_term()
+                loss_g = loss_g + cfg.lambda_pair * pair_g
+                pair = {"loss/pair": pair_g.detach()} | pair
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -199,7 +228,7 @@ class Trainer:
             "loss/g": loss_g.detach(),
             "loss/info": info.detach(),
             "loss/struct": struct.detach(),
-        }
+        } | pair
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -213,7 +242,7 @@ class Trainer:
         before the last step.
         ``checkpoint(self)`` runs every ``checkpoint_every`` steps, at the end, and on a stop."""
         cfg = self.cfg
-        sums = torch.zeros(len(LOSS_KEYS), device=self.device)
+        sums = torch.zeros(len(self.loss_keys), device=self.device)
         count = 0
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         means: dict[str, float] = {}
@@ -231,7 +260,7 @@ class Trainer:
             bad_step = int(first_bad)
             if bad_step >= 0:
                 return TrainResult("diverged", bad_step, f"diverged at step {bad_step}: a loss became NaN or infinite")
-            means = dict(zip(LOSS_KEYS, values))
+            means = dict(zip(self.loss_keys, values))
             sums.zero_()
             count = 0
             if callback is not None and callback(self.step, means) and self.step < cfg.n_steps:
@@ -247,7 +276,8 @@ class Trainer:
     # ---- checkpoints ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return {
+        pairs = {} if self.pairs is None else {"pairs": self.pairs.state_dict()}
+        return pairs | {
             "step": self.step,
             "config": asdict(self.cfg),
             "G": self.G.state_dict(),
@@ -265,6 +295,8 @@ class Trainer:
         self.opt_d.load_state_dict(state["opt_d"])
         self.data_rng.set_state(state["data_rng"].cpu())
         self.latent_rng.set_state(state["latent_rng"].cpu())
+        if self.pairs is not None:
+            self.pairs.load_state_dict(state["pairs"])
         self.step = int(state["step"])
 
     def save(self, path: str | os.PathLike) -> Path:

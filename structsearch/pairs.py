@@ -68,6 +68,9 @@ So the criterion ranks (coordinates, graph) together. It cannot make wrong coord
 true graph; it says that those coordinates are worse, which is what a search over models whose
 codes differ needs.
 
+:func:`energy_distance` is the two-sample statistic of the ``pair_energy`` score
+(structsearch/scores.py), on Q's codes of real and of generated pairs.
+
 Numpy and scipy only; the columns of v are the nodes q1, q2, ... in order.
 """
 
@@ -79,6 +82,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+from scipy.spatial.distance import cdist
 from scipy.special import logsumexp
 
 from gan import dag
@@ -230,3 +234,20 @@ def score_dags(before: np.ndarray, after: np.ndarray, dags: Sequence[Edges] | No
 def cross_entropy_gap(rho: float) -> float:
     """D(rho): the expected log-likelihood a do(child) pair loses in exogenous coordinates (module docstring)."""
     return 0.5 * (math.log(rho) - 1 + (2 - rho) / rho)
+
+
+def energy_distance(a: np.ndarray, b: np.ndarray, chunk: int = 1000) -> float:
+    r"""Székely's energy distance of two samples (n, d) and (m, d), unbiased within-sample terms:
+
+    E = 2 mean |a_i - b_j| - mean_{i != i'} |a_i - a_i'| - mean_{j != j'} |b_j - b_j'|,
+
+    >= 0 in expectation, 0 exactly when the two distributions are equal (any dimension; no kernel
+    or bandwidth to choose). Distances in chunks of ``chunk`` rows (memory chunk * max(n, m)).
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+
+    def mean_distance(x: np.ndarray, y: np.ndarray, same: bool) -> float:
+        total = sum(cdist(x[i : i + chunk], y).sum() for i in range(0, len(x), chunk))
+        return total / (len(x) * (len(y) - 1) if same else len(x) * len(y))
+
+    return 2 * mean_distance(a, b, False) - mean_distance(a, a, True) - mean_distance(b, b, True)
