@@ -62,11 +62,24 @@ class CodePrior:
         self, batch_size: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(z (B, noise_dim), c (B, code_dim)); exactly ``spec.sample`` when there is no mechanism."""
-        z, c = self.spec.sample(batch_size, generator, device)
+        z, noise = self.spec.sample(batch_size, generator, device)
+        return z, self.solve(noise)
+
+    def solve(
+        self, noise: torch.Tensor, mask: torch.Tensor | None = None, value: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The codes (B, code_dim) from their exogenous noise, the spec's independent draw (B, code_dim).
+
+        With ``mask`` (B, code_dim) bool and ``value`` (B, code_dim), solved under the perfect
+        intervention do(c[mask] := value[mask]): a masked column keeps its value, its descendants
+        are recomputed from their own noise.
+        """
+        c = noise.clone() if mask is None else torch.where(mask, value, noise)
         for m in self.mechanisms:  # topological order: parents are final before their children
             signal = c[:, list(m.parents)].sum(1)
-            c[:, m.column] = (m.weight * signal + m.noise_scale * c[:, m.column]).clamp(-1, 1)
-        return z, c
+            column = (m.weight * signal + m.noise_scale * noise[:, m.column]).clamp(-1, 1)
+            c[:, m.column] = column if mask is None else torch.where(mask[:, m.column], value[:, m.column], column)
+        return c
 
 
 def linear_scm(spec: LatentSpec, parents: Mapping[str, Sequence[str]]) -> tuple[Mechanism, ...]:

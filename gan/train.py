@@ -12,6 +12,9 @@ are known: Q is told their values (:func:`gan.losses.anchor_loss`), which pins e
 the same coordinates. Their batches come from a generator of their own, so a run without anchors
 draws exactly the same random numbers as before anchors existed.
 
+With ``lambda_pair > 0`` (:mod:`gan.pairs`) a pair discriminator step on real and generated
+intervention pairs runs between the two, and G's loss gains lambda_pair times its pair term.
+
 The codes come from ``cfg.code_prior`` (:mod:`gan.prior`): independent, or a linear SCM over the
 graph's q->q edges. With lambda_struct = 0 the regularizer is not computed at all (plain
 InfoGAN). Losses stay on the device: the host syncs only every ``log_every`` steps, where a
@@ -39,6 +42,7 @@ import torch
 from gan.latents import LatentSpec
 from gan.losses import anchor_loss, d_loss, g_loss, info_loss
 from gan.models import build_models
+from gan.pairs import PAIR_KEYS, PairGAN, SampleRealPairs, sample_pair_latents
 from gan.prior import CodePrior
 from gan.structure import Correction, Form, StructuralLoss
 
@@ -102,6 +106,10 @@ class TrainConfig:
         "prior of the codes fed to G: independent (InfoGAN) or a linear SCM over the graph's q->q edges",
         "independent",
     )
+    lambda_pair: float = doc_field(
+        "weight of the intervention-pair adversarial loss (0: no pairs; > 0 needs a dataset with pairs and code_prior graph)",
+        0.0,
+    )
     gan_loss: GanLoss = doc_field("adversarial loss", "bce")
     width: float = doc_field("width multiplier of every hidden layer", 1.0)
     precision: Precision = doc_field("fp32, or bf16 autocast (R_G's solve stays fp32)", "fp32")
@@ -111,6 +119,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.lambda_pair < 0 or (self.lambda_pair > 0 and self.code_prior != "graph"):
+            raise ValueError(
+                f"lambda_pair must be >= 0, and > 0 only with code_prior graph (the generated pairs' "
+                f"interventions follow the graph's SCM); got lambda_pair={self.lambda_pair}, code_prior={self.code_prior!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -165,6 +178,8 @@ class Trainer:
         anchors: the anchored images, given exactly when ``cfg.anchor_labels > 0``; each step then
             adds ``lambda_anchor`` x their supervised term to D/Q's loss, on a batch of
             ``batch_size`` anchors drawn with a generator of their own (seed + 2).
+        sample_real_pairs: draws real intervention pairs (x, x'), each (B, C, H, W); needed when
+            ``lambda_pair > 0`` (:mod:`gan.pairs`), unused otherwise.
     """
 
     def __init__(
@@ -176,6 +191,7 @@ class Trainer:
         image_shape: tuple[int, int, int],
         device: torch.device,
         anchors: Anchors | None = None,
+        sample_real_pairs: SampleRealPairs | None = None,
     ) -> None:
         if (cfg.anchor_labels > 0) != (anchors is not None):
             raise ValueError(f"anchor_labels={cfg.anchor_labels} needs anchors given exactly when it is > 0")
@@ -202,6 +218,8 @@ class Trainer:
             if cfg.lambda_struct > 0
             else None
         )
+        self.pairs = PairGAN(cfg, self.prior, sample_real_pairs, image_shape, device) if cfg.lambda_pair > 0 else None
+        self.loss_keys = LOSS_KEYS + (PAIR_KEYS if self.pairs is not None else ())
         self.step = 0
 
     # ---- one step ------------------------------------------------------------------------------
@@ -211,6 +229,12 @@ class Trainer:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(z, c) on the device from the run's code prior (the latent stream unless ``generator``)."""
         return self.prior.sample(batch_size, generator or self.latent_rng, self.device)
+
+    def sample_pair_latents(
+        self, batch_size: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z, c, c') on the device: codes before and after an intervention on one code (:mod:`gan.pairs`)."""
+        return sample_pair_latents(self.prior, batch_size, generator, self.device)
 
     def _autocast(self):
         enabled = self.cfg.precision == "bf16"
@@ -247,11 +271,16 @@ class Trainer:
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
+        pair = {} if self.pairs is None else {"loss/d_pair": self.pairs.d_step(self.G, self._autocast)}
 
         with self._autocast():
             fake_logit, q_out = self.D(fake)
             info, struct = self._code_terms(c, q_out)
             loss_g = g_loss(fake_logit, cfg.gan_loss) + cfg.lambda_info * info + cfg.lambda_struct * struct
+            if self.pairs is not None:
+                pair_g = self.pairs.g_term()
+                loss_g = loss_g + cfg.lambda_pair * pair_g
+                pair = {"loss/pair": pair_g.detach()} | pair
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -262,7 +291,7 @@ class Trainer:
             "loss/info": info.detach(),
             "loss/struct": struct.detach(),
             "loss/anchor": anchor.detach(),
-        }
+        } | pair
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -276,7 +305,7 @@ class Trainer:
         before the last step.
         ``checkpoint(self)`` runs every ``checkpoint_every`` steps, at the end, and on a stop."""
         cfg = self.cfg
-        sums = torch.zeros(len(LOSS_KEYS), device=self.device)
+        sums = torch.zeros(len(self.loss_keys), device=self.device)
         count = 0
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         means: dict[str, float] = {}
@@ -284,7 +313,7 @@ class Trainer:
         self.D.train()
         while self.step < cfg.n_steps:
             step_losses = self.train_step()
-            losses = torch.stack([step_losses[k].float() for k in LOSS_KEYS])
+            losses = torch.stack([step_losses[k].float() for k in self.loss_keys])
             bad = ~torch.isfinite(losses).all()
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, self.step), first_bad)
             sums += losses
@@ -295,7 +324,7 @@ class Trainer:
             bad_step = int(first_bad)
             if bad_step >= 0:
                 return TrainResult("diverged", bad_step, f"diverged at step {bad_step}: a loss became NaN or infinite")
-            means = dict(zip(LOSS_KEYS, values))
+            means = dict(zip(self.loss_keys, values))
             sums.zero_()
             count = 0
             if callback is not None and callback(self.step, means) and self.step < cfg.n_steps:
@@ -311,16 +340,21 @@ class Trainer:
     # ---- checkpoints ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return {
-            "step": self.step,
-            "config": asdict(self.cfg),
-            "G": self.G.state_dict(),
-            "D": self.D.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "data_rng": self.data_rng.get_state(),
-            "latent_rng": self.latent_rng.get_state(),
-        } | ({"anchor_rng": self.anchor_rng.get_state()} if self.anchor_rng is not None else {})
+        pairs = {} if self.pairs is None else {"pairs": self.pairs.state_dict()}
+        return (
+            pairs
+            | {
+                "step": self.step,
+                "config": asdict(self.cfg),
+                "G": self.G.state_dict(),
+                "D": self.D.state_dict(),
+                "opt_g": self.opt_g.state_dict(),
+                "opt_d": self.opt_d.state_dict(),
+                "data_rng": self.data_rng.get_state(),
+                "latent_rng": self.latent_rng.get_state(),
+            }
+            | ({"anchor_rng": self.anchor_rng.get_state()} if self.anchor_rng is not None else {})
+        )
 
     def load_state_dict(self, state: Mapping) -> None:
         self.G.load_state_dict(state["G"])
@@ -331,6 +365,8 @@ class Trainer:
         self.latent_rng.set_state(state["latent_rng"].cpu())
         if self.anchor_rng is not None and "anchor_rng" in state:
             self.anchor_rng.set_state(state["anchor_rng"].cpu())
+        if self.pairs is not None:
+            self.pairs.load_state_dict(state["pairs"])
         self.step = int(state["step"])
 
     def save(self, path: str | os.PathLike) -> Path:

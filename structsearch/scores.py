@@ -33,7 +33,9 @@ Base scores, all label-free but ``cat_acc`` and ``anchor_r2``:
 Extra scores: ``mig``, ``dci``, ``sap``, ``modularity``, ``factorvae``, ``betavae``
 (disentanglement_lib's protocols on Q's codes; ground-truth factors), ``shd`` (structural Hamming
 distance of the q part to the true factor graph after matching codes to factors; a known factor
-graph), ``fid`` (Frechet distance in a small classifier's features; labels or factors to train it).
+graph), ``fid`` (Frechet distance in a small classifier's features; labels or factors to train it),
+``pair_energy`` (energy distance of Q's codes of held-out real intervention pairs and generated
+ones, :mod:`gan.pairs`; a dataset with pairs).
 """
 
 from __future__ import annotations
@@ -51,16 +53,20 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from gan.latents import LatentSpec
+from gan.pairs import sample_pair_latents
+from gan.prior import CodePrior
 from gan.structure import StructuralLoss
 from gan.train import evaluating
 from structsearch.datasets.base import DatasetError
 from structsearch.graph import Graph
+from structsearch.pairs import energy_distance
 from structsearch.scoring import bic, delta_bic, make_table
 
 logger = logging.getLogger(__name__)
 
 INFO_VERSION = 2  # of the ``info`` scores: 1 was the calibrated 1 - MSE/Var (see the module doc)
 SampleLatents = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+SamplePairLatents = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 Direction = Literal["maximize", "minimize"]
 
 
@@ -91,6 +97,7 @@ NEEDS: dict[str, Need] = {
         "known factor values or labels for its codes (shapes, dsprites, mnist, fashion-mnist)",
         "none for these codes",
     ),
+    "pairs": Need(lambda ds, spec: bool(getattr(ds, "has_pairs", False)), "intervention pairs (shapes)", "none"),
     "labels_or_factors": Need(
         lambda ds, spec: bool(getattr(ds, "factor_names", ()) or getattr(ds, "n_classes", None)),
         "labels or factors to train its feature net",
@@ -182,6 +189,9 @@ class Evaluator:
         seed: seed of the latent sample and of the extra scores' protocols.
         scale: fraction of disentanglement_lib's sample counts for the extra scores.
         sample: ``sample(n, generator) -> (z, c)``, the run's code prior (the spec's when None).
+        sample_pairs: ``sample_pairs(n, generator) -> (z, c, c')``, the run's pairs of codes before and
+            after an intervention on one code (:func:`gan.pairs.sample_pair_latents`; from the
+            spec's independent prior when None).
     """
 
     def __init__(
@@ -192,11 +202,15 @@ class Evaluator:
         seed: int = 0,
         scale: float = 0.2,
         sample: SampleLatents | None = None,
+        sample_pairs: SamplePairLatents | None = None,
     ) -> None:
         self.graph, self.spec, self.dataset = graph, graph.spec, dataset
         self.n_eval, self.seed, self.scale = n_eval, seed, scale
         self.device = dataset.device
         self.sample = sample or (lambda n, rng: self.spec.sample(n, rng, self.device))
+        self.sample_pairs = sample_pairs or (
+            lambda n, rng: sample_pair_latents(CodePrior(self.spec), n, rng, self.device)
+        )
         real, self.labels = dataset.test_images(n_eval)
         self.real = real.to(self.device)
         self.z, self.c = self.sample(n_eval, torch.Generator(self.device).manual_seed(seed))
@@ -362,6 +376,27 @@ def _fid(r: Reading) -> dict[str, float]:
     real, _ = ev.dataset.test_images(n)
     z, c = ev.sample(len(real), torch.Generator(ev.device).manual_seed(ev.seed))
     return {"fid": float(metrics.fid(real.to(ev.device), generate(r.G, z, c), net))}
+
+
+@score("pair_energy", "minimize", base=False, needs=("pairs",))
+def _pair_energy(r: Reading) -> dict[str, float]:
+    """Energy distance of Q's codes (q(x), q(x')) of held-out real pairs and of generated pairs.
+
+    In the features Q reads, standardized by the real images' codes. It is computed in image space
+    through one fixed reader, so unlike a criterion fitted to each side's codes it sees the trap:
+    a G whose codes are exogenous noise (and whose graph is empty) generates do(child) pairs in
+    which the child still depends on its old parents, and real pairs do not.
+    """
+    ev = r.ev
+    real = ev.dataset.test_pairs(ev.n_eval)
+    z, c, c_after = ev.sample_pairs(len(real), torch.Generator(ev.device).manual_seed(ev.seed + 1))
+    codes = [
+        q_codes(r.D, images.to(ev.device))
+        for images in (real.images, real.images_after, generate(r.G, z, c), generate(r.G, z, c_after))
+    ]
+    mean, sd = codes[0].mean(0), codes[0].std(0).clamp_min(1e-6)
+    x, x_after, g, g_after = (((q - mean) / sd).cpu().numpy() for q in codes)
+    return {"pair_energy": energy_distance(np.hstack([x, x_after]), np.hstack([g, g_after]))}
 
 
 # ---- helpers -----------------------------------------------------------------------------------

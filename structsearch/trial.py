@@ -113,7 +113,25 @@ def time_limit(minutes: float) -> Callable[[int, dict[str, float], Trainer], boo
 
 def make_trainer(cfg: RunConfig, graph: Graph, dataset) -> Trainer:
     anchors = make_anchors(cfg, graph.spec, dataset) if cfg.train.anchor_labels > 0 else None
-    return Trainer(cfg.train, graph.spec, graph.parents(), dataset.sample, dataset.image_shape, dataset.device, anchors)
+    pairs = None
+    if cfg.train.lambda_pair > 0:  # intervention pairs (gan/pairs.py)
+        if not dataset.has_pairs:
+            from structsearch.datasets import DatasetError
+
+            raise DatasetError(
+                f"--lambda-pair needs a dataset with intervention pairs (shapes); {dataset.name} has none"
+            )
+        pairs = dataset.sample_pair_batch
+    return Trainer(
+        cfg.train,
+        graph.spec,
+        graph.parents(),
+        dataset.sample,
+        dataset.image_shape,
+        dataset.device,
+        anchors=anchors,
+        sample_real_pairs=pairs,
+    )
 
 
 # ---- anchors -----------------------------------------------------------------------------------
@@ -190,7 +208,9 @@ def train_and_score(
     raises for a diverged run (its scores are empty). ``on_log(step, losses, trainer)`` and the
     pruner may stop training early; ``checkpoint(trainer)`` is called as ``Trainer.run`` says."""
     trainer = trainer or make_trainer(cfg, graph, dataset)
-    evaluator = Evaluator(graph, dataset, cfg.n_eval, cfg.train.seed, scale, trainer.sample_latents)
+    evaluator = Evaluator(
+        graph, dataset, cfg.n_eval, cfg.train.seed, scale, trainer.sample_latents, trainer.sample_pair_latents
+    )
 
     def callback(step: int, losses: dict[str, float]) -> bool:
         stop = bool(on_log(step, losses, trainer)) if on_log else False
@@ -407,7 +427,9 @@ def evaluate_run(
     cfg, graph, dataset, trainer = load_run(run_dir, device)
     extra = scores_mod.available_metrics(dataset, graph.spec, metrics)
     timings: dict[str, float] = {}
-    evaluator = Evaluator(graph, dataset, cfg.n_eval, cfg.train.seed, scale, trainer.sample_latents)
+    evaluator = Evaluator(
+        graph, dataset, cfg.n_eval, cfg.train.seed, scale, trainer.sample_latents, trainer.sample_pair_latents
+    )
     scores = evaluator(trainer.G, trainer.D, extra=extra, seconds=timings)
     run_id = read_run_record(run_dir).get("run_id")
     if tracker is not None and run_id:

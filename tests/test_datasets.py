@@ -12,6 +12,7 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from gan.latents import SPECS, LatentSpec
 from structsearch import datasets
@@ -27,6 +28,7 @@ from structsearch.datasets import (
 )
 from structsearch.datasets import download as download_module
 from structsearch.datasets.idx import encode_idx, parse_idx, read_idx
+from structsearch.datasets.shapes import NODES, LinearSCM, parse_graph
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -425,6 +427,125 @@ def test_shapes_each_factor_is_visible_on_its_own():
     assert np.all(np.diff(height[:, 2]) >= 0) and height[-1, 2] - height[0, 2] >= 14 and np.ptp(height[:, 0]) <= 1
     images = ds.observations_from_factors(np.array([[15, 15, 15], [0, 0, 0]]))
     assert images[:, :, [0, -1]].max() == -1 and images[:, :, :, [0, -1]].max() == -1
+
+
+# shapes: intervention pairs -----------------------------------------------------------------------
+
+
+def _legacy_sample(scm: LinearSCM, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``LinearSCM.sample`` as it was before the noise refactor (copied verbatim): the oracle."""
+    classes = np.zeros((n, len(NODES)), dtype=np.int64)
+    for v in scm.order:
+        pa = scm.parents[v]
+        if not pa:
+            classes[:, v] = rng.integers(scm.n_levels, size=n)
+            continue
+        signal = scm.values(classes[:, pa]).sum(axis=1)
+        value = scm.scale[v] * (signal + scm.noise * scm.signal_sd[v] * rng.standard_normal(n))
+        classes[:, v] = np.rint((np.clip(value, -1, 1) + 1) / 2 * (scm.n_levels - 1))
+    return classes
+
+
+def _mechanism(scm: LinearSCM, v: int, classes: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    """Child v's class from its parents' classes and its eps, by the module docstring's formula."""
+    signal = scm.values(classes[:, scm.parents[v]]).sum(axis=1)
+    value = np.clip(scm.scale[v] * (signal + scm.noise * scm.signal_sd[v] * eps), -1, 1)
+    return np.rint((value + 1) / 2 * (scm.n_levels - 1)).astype(np.int64)
+
+
+@pytest.mark.parametrize("graph", ["collider", "chain", "fork", "independent", "q3->q1, q3->q2, q1->q2"])
+@pytest.mark.parametrize("n_levels", [16, 5])
+def test_scm_sample_is_bit_identical_to_before_the_noise_refactor(graph, n_levels):
+    scm = LinearSCM(parse_graph(graph), n_levels=n_levels, noise=0.5)
+    for seed in (0, 1, [7, 1]):
+        new_rng, old_rng = np.random.default_rng(seed), np.random.default_rng(seed)
+        np.testing.assert_array_equal(scm.sample(3000, new_rng), _legacy_sample(scm, 3000, old_rng))
+        assert new_rng.bit_generator.state == old_rng.bit_generator.state  # the same draws were consumed
+
+
+def _pairs_with_noise(graph: str, n: int = 30_000, seed: int = 0):
+    scm = LinearSCM(parse_graph(graph), n_levels=16, noise=0.5)
+    before, after, target = scm.sample_pairs(n, np.random.default_rng(seed))
+    noise = scm.draw_noise(n, np.random.default_rng(seed))  # sample_pairs draws the shared noise first
+    np.testing.assert_array_equal(scm.from_noise(noise), before)
+    return scm, before, after, target, noise
+
+
+@pytest.mark.parametrize("graph", ["collider", "chain", "fork"])
+def test_pairs_recompute_descendants_from_the_same_noise_and_keep_the_rest(graph):
+    scm, before, after, target, noise = _pairs_with_noise(graph)
+    for k in range(3):
+        rows = target == k
+        assert 0.3 < rows.mean() < 0.37  # the target is uniform over the factors
+        desc = scm.descendants(k)
+        for v in range(3):
+            if v != k and v not in desc:  # non-descendants: exactly as before
+                np.testing.assert_array_equal(after[rows, v], before[rows, v])
+        for v in desc:  # descendants: the mechanism on the new parents, with the old eps
+            np.testing.assert_array_equal(after[rows, v], _mechanism(scm, v, after[rows], noise[rows, v]))
+            moved = rows & (after[:, k] != before[:, k])
+            assert (after[moved, v] != before[moved, v]).mean() > 0.5  # and they do move with their cause
+
+
+def test_chain_pairs_by_hand():
+    """q1 -> q2 -> q3: do(q1) moves q2 and q3 as the mechanisms say; do(q3) leaves q1 and q2 alone."""
+    scm, before, after, target, noise = _pairs_with_noise("chain")
+    assert scm.descendants(0) == {1, 2} and scm.descendants(1) == {2} and scm.descendants(2) == set()
+    do1, do3 = target == 0, target == 2
+    q2 = _mechanism(scm, 1, after[do1], noise[do1, 1])
+    np.testing.assert_array_equal(after[do1, 1], q2)
+    np.testing.assert_array_equal(
+        after[do1, 2], _mechanism(scm, 2, np.column_stack([after[do1, :1], q2, q2]), noise[do1, 2])
+    )
+    np.testing.assert_array_equal(after[do3, :2], before[do3, :2])
+    assert (after[do3, 2] != before[do3, 2]).mean() > 0.8
+
+
+@pytest.mark.parametrize("graph", ["collider", "chain", "fork"])
+def test_the_new_value_follows_the_marginal_and_ignores_the_old_parents(graph):
+    """chi^2 of the intervened factor's new classes against an independent sample of its marginal;
+    the new value is independent of its old parents (a resampled noise term would not be)."""
+    scm, before, after, target, _ = _pairs_with_noise(graph)
+    marginal = scm.sample(30_000, np.random.default_rng(99))
+    for k in range(3):
+        rows = target == k
+        counts = np.stack([np.bincount(after[rows, k], minlength=16), np.bincount(marginal[:, k], minlength=16)])
+        counts = counts[:, counts.sum(axis=0) > 0]
+        assert stats.chi2_contingency(counts).pvalue > 0.01, (graph, k)
+        for p in scm.parents[k]:
+            assert abs(np.corrcoef(before[:, k], before[:, p])[0, 1]) > 0.3  # dependent before ...
+            assert abs(np.corrcoef(after[rows, k], after[rows, p])[0, 1]) < 0.03  # ... not after do(k)
+        assert abs(np.corrcoef(after[rows, k], before[rows, k])[0, 1]) < 0.03  # a fresh draw
+
+
+def test_the_marginal_check_has_power():
+    """The chi^2 check above rejects a draw from a conditional instead of the marginal."""
+    scm, before, after, target, _ = _pairs_with_noise("collider")
+    marginal = scm.sample(30_000, np.random.default_rng(99))
+    conditional = before[before[:, 0] > 7, 2][:10_000]  # height given a wide ring
+    counts = np.stack([np.bincount(conditional, minlength=16), np.bincount(marginal[:, 2], minlength=16)])
+    assert stats.chi2_contingency(counts[:, counts.sum(axis=0) > 0]).pvalue < 1e-6
+
+
+def test_shapes_pairs_images_test_set_and_training_batches():
+    ds = small_shapes(graph="chain")
+    pairs = ds.sample_pairs(50, np.random.default_rng(0))
+    assert len(pairs) == 50 and pairs.before.shape == pairs.after.shape == (50, 3)
+    torch.testing.assert_close(pairs.images, ds.observations_from_factors(pairs.before))
+    torch.testing.assert_close(pairs.images_after, ds.observations_from_factors(pairs.after))
+    test = ds.test_pairs()
+    assert len(test) == 100 and len(ds.test_pairs(10)) == 10
+    np.testing.assert_array_equal(test.before, small_shapes(graph="chain").test_pairs().before)  # seeded
+    assert not np.array_equal(test.before, ds.test_factors()[1])  # its own seed
+    x, x_after = ds.sample_pair_batch(16, torch.Generator().manual_seed(5))
+    assert x.shape == x_after.shape == (16, 1, 32, 32) and x.dtype == torch.float32
+    index = torch.randint(ds.n_train, (16,), generator=torch.Generator().manual_seed(5))
+    classes = ds._train_pair_classes[index].numpy()  # (16, 2, 3)
+    torch.testing.assert_close(x, ds.observations_from_factors(classes[:, 0]))
+    torch.testing.assert_close(x_after, ds.observations_from_factors(classes[:, 1]))
+    assert ((classes[:, 0] != classes[:, 1]).sum(axis=1) <= 3).all() and (classes[:, 0] != classes[:, 1]).any()
+    with pytest.raises(DatasetError, match="dataset 'dsprites' has no intervention pairs; use shapes"):
+        get_dataset("dsprites", n_test=40).sample_pair_batch(4, torch.Generator())
 
 
 # The common contract, over every dataset ---------------------------------------------------------

@@ -68,6 +68,7 @@ class Dataset(ABC):
     factor_names: tuple[str, ...] = ()
     factor_sizes: tuple[int, ...] = ()
     true_edges: tuple[tuple[str, str], ...] | None = None
+    has_pairs: bool = False  # offers intervention pairs: sample_pair_batch, test_pairs (shapes)
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
@@ -151,6 +152,20 @@ class Dataset(ABC):
                 columns.append(torch.from_numpy(values[:, codes[i]]).float().view(-1, 1))
         mask = tuple(i in codes for i in range(len(spec.codes)))
         return torch.cat(columns, 1).to(self.device), mask
+
+    # Datasets with intervention pairs only (has_pairs) ---------------------------------------------
+
+    def sample_pair_batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, x') training pairs, each (B, C, H, W): x' is x after a perfect intervention on one
+        unrecorded factor, the other exogenous noise held fixed."""
+        raise self._no_pairs()
+
+    def test_pairs(self, n: int | None = None):
+        """The first ``n`` held-out intervention pairs (a ``shapes.Pairs``)."""
+        raise self._no_pairs()
+
+    def _no_pairs(self) -> DatasetError:
+        return DatasetError(f"dataset {self.name!r} has no intervention pairs; use shapes")
 
     def _no_factors(self) -> DatasetError:
         return DatasetError(

@@ -33,6 +33,8 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -114,18 +116,64 @@ class LinearSCM:
     def values(self, classes: np.ndarray) -> np.ndarray:
         return -1 + 2 * classes / (self.n_levels - 1)
 
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """(n, 3) int64 factor classes."""
-        classes = np.zeros((n, len(NODES)), dtype=np.int64)
+    def draw_noise(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """(n, 3) float64 exogenous noise: a root's class (a uniform integer), a child's eps ~ N(0, 1).
+
+        Drawn in topological order, one call per factor, as ``sample`` always drew them.
+        """
+        noise = np.zeros((n, len(NODES)))
+        for v in self.order:
+            noise[:, v] = rng.integers(self.n_levels, size=n) if not self.parents[v] else rng.standard_normal(n)
+        return noise
+
+    def from_noise(
+        self, noise: np.ndarray, target: np.ndarray | None = None, value: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(n, 3) int64 classes, a deterministic function of the exogenous noise (n, 3).
+
+        With ``target`` (n,) and ``value`` (n,), row i is solved under the perfect intervention
+        do(f_target[i] := value[i]): the target's mechanism is replaced by the class, its
+        descendants are recomputed from the same noise, the other factors are as without it.
+        """
+        classes = np.zeros(noise.shape, dtype=np.int64)
         for v in self.order:
             pa = self.parents[v]
             if not pa:
-                classes[:, v] = rng.integers(self.n_levels, size=n)
-                continue
-            signal = self.values(classes[:, pa]).sum(axis=1)
-            value = self.scale[v] * (signal + self.noise * self.signal_sd[v] * rng.standard_normal(n))
-            classes[:, v] = np.rint((np.clip(value, -1, 1) + 1) / 2 * (self.n_levels - 1))
+                classes[:, v] = noise[:, v]
+            else:
+                signal = self.values(classes[:, pa]).sum(axis=1)
+                value_v = self.scale[v] * (signal + self.noise * self.signal_sd[v] * noise[:, v])
+                classes[:, v] = np.rint((np.clip(value_v, -1, 1) + 1) / 2 * (self.n_levels - 1))
+            if target is not None:
+                hit = target == v
+                classes[hit, v] = value[hit]
         return classes
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """(n, 3) int64 factor classes."""
+        return self.from_noise(self.draw_noise(n, rng))
+
+    def sample_pairs(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(before (n, 3), after (n, 3), target (n,)): each row before and after do(f_k := a fresh value).
+
+        k is uniform over the factors; the fresh value is factor k of an independent sample of the
+        SCM, i.e. a draw from k's marginal; both rows share one exogenous noise.
+        """
+        noise = self.draw_noise(n, rng)
+        target = rng.integers(len(NODES), size=n)
+        value = self.sample(n, rng)[np.arange(n), target]
+        return self.from_noise(noise), self.from_noise(noise, target, value), target
+
+    def descendants(self, k: int) -> set[int]:
+        """Factor indices reachable from factor k along the graph's edges (k excluded)."""
+        found, frontier = set(), [k]
+        while frontier:
+            u = frontier.pop()
+            for v, pa in enumerate(self.parents):
+                if u in pa and v not in found:
+                    found.add(v)
+                    frontier.append(v)
+        return found
 
 
 def render(classes: torch.Tensor, n_levels: int) -> torch.Tensor:
@@ -149,6 +197,24 @@ def render(classes: torch.Tensor, n_levels: int) -> torch.Tensor:
     return (intensity * 2 - 1).unsqueeze(1)
 
 
+@dataclass(frozen=True)
+class Pairs:
+    """Intervention pairs: images of one sample before and after a perfect intervention on one factor.
+
+    ``target`` is what a learner is NOT told (weak supervision): it is kept for tests and
+    diagnostics only. Classes are int64 numpy arrays; images are float32 on the dataset's device.
+    """
+
+    before: np.ndarray  # (n, 3) factor classes of x
+    after: np.ndarray  # (n, 3) factor classes of x'
+    target: np.ndarray  # (n,) the intervened factor's index
+    images: torch.Tensor  # (n, 1, 32, 32) x
+    images_after: torch.Tensor  # (n, 1, 32, 32) x'
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+
 class Shapes(Dataset):
     """Synthetic rings with a known causal graph over their factors (see the module docstring)."""
 
@@ -156,6 +222,7 @@ class Shapes(Dataset):
     image_shape = (1, SIZE, SIZE)
     spec_name = "shapes"
     factor_names = FACTOR_NAMES
+    has_pairs = True
 
     def __init__(
         self,
@@ -176,7 +243,7 @@ class Shapes(Dataset):
         self.true_edges = parse_graph(graph)
         self.graph = graph if isinstance(graph, str) and graph in GRAPHS else ", ".join(map("->".join, self.true_edges))
         self.factor_sizes = (n_levels,) * len(NODES)
-        self.n_levels, self.n_train, self.n_test = n_levels, n_train, n_test
+        self.n_levels, self.n_train, self.n_test, self.seed = n_levels, n_train, n_test, seed
         self.scm = LinearSCM(self.true_edges, n_levels, noise)
         self.train_factors = self.scm.sample(n_train, np.random.default_rng([seed, 0]))  # (n_train, 3)
         self._test_factors = self.scm.sample(n_test, np.random.default_rng([seed, 1]))  # (n_test, 3)
@@ -215,3 +282,33 @@ class Shapes(Dataset):
     def _anchor_values(self, split: Literal["train", "test"], index: np.ndarray) -> np.ndarray:
         factors = self.train_factors if split == "train" else self._test_factors
         return self.scm.values(factors[index])  # (M, 3) in [-1, 1]
+
+    # Intervention pairs (docs/design.md section 8) -----------------------------------------------
+
+    def sample_pairs(self, n: int, rng: np.random.Generator) -> Pairs:
+        """n fresh pairs (x, x') from the SCM: x' is x after do(f_k := a draw from k's marginal)."""
+        before, after, target = self.scm.sample_pairs(n, rng)
+        return Pairs(
+            before, after, target, self.observations_from_factors(before), self.observations_from_factors(after)
+        )
+
+    @cached_property
+    def _test_pairs(self) -> Pairs:
+        return self.sample_pairs(self.n_test, np.random.default_rng([self.seed, 2]))
+
+    def test_pairs(self, n: int | None = None) -> Pairs:
+        """The first ``n`` of ``n_test`` held-out pairs (their own seed, apart from train and test)."""
+        n, p = first_n(n, self.n_test), self._test_pairs
+        return Pairs(p.before[:n], p.after[:n], p.target[:n], p.images[:n], p.images_after[:n])
+
+    @cached_property
+    def _train_pair_classes(self) -> torch.Tensor:
+        before, after, _ = self.scm.sample_pairs(self.n_train, np.random.default_rng([self.seed, 3]))
+        return torch.from_numpy(np.stack([before, after], axis=1)).to(self.device)  # (n_train, 2, 3)
+
+    def sample_pair_batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, x') each (B, 1, 32, 32): training pairs drawn with replacement from a fixed set of
+        ``n_train`` pairs resident on the device, rendered on the device (no host sync)."""
+        index = torch.randint(self.n_train, (batch_size,), generator=generator, device=self.device)
+        images = render(self._train_pair_classes[index].flatten(0, 1), self.n_levels)  # (2B, 1, 32, 32)
+        return images[0::2], images[1::2]
