@@ -157,7 +157,7 @@ def test_a_pair_step_trains_the_pair_discriminator_and_its_term_reaches_g() -> N
     trainer = _trainer(PAIRS, pairs=True)
     before = [p.detach().clone() for p in trainer.pairs.D.parameters()]
     losses = trainer.train_step()
-    assert list(losses) == ["loss/d", "loss/g", "loss/info", "loss/struct", "loss/pair", "loss/d_pair"]
+    assert list(losses) == ["loss/d", "loss/g", "loss/info", "loss/struct", "loss/anchor", "loss/pair", "loss/d_pair"]
     assert all(torch.isfinite(v) for v in losses.values())
     assert any(not torch.equal(p, q) for p, q in zip(trainer.pairs.D.parameters(), before))
     for p in [*trainer.G.parameters(), *trainer.D.parameters()]:
