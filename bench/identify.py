@@ -11,6 +11,10 @@ read Q's codes of the 2,000 held-out real images, then ask three questions of th
   see, since anchors put every candidate's codes in the factors' coordinates): is the best DAG
   Markov-equivalent to the truth?
 * pgmpy hill-climb (BIC, 10 restarts) and PC (alpha 0.01): is the learned class the truth's?
+* with anchors, two more tables: the anchored images' own known factor values (no GAN at all:
+  what a user with those labels could do), and Q's codes with the reading error removed, i.e. the
+  codes recoloured to the covariance Cov(q) - Cov(q - f), the reading error's covariance measured
+  on the anchored images (errors in variables; valid when the error is independent of the factors).
 
 Rows go to --out (JSON lines, one per run; a rerun skips what is done, so a kill loses one run).
 """
@@ -25,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from gan.train import TrainConfig
 from structsearch import scores as scores_mod
@@ -32,7 +37,7 @@ from structsearch.config import RunConfig, apply_preset
 from structsearch.datasets.shapes import GRAPHS, NODES
 from structsearch.identifiability import score_coordinates
 from structsearch.scoring import learn_structure, make_table
-from structsearch.trial import load_dataset, resolve_graph, train_and_score
+from structsearch.trial import anchor_index, load_dataset, resolve_graph, train_and_score
 
 TRUTHS = ("collider", "chain", "fork")
 ANCHORS = (0.0, 0.01, 0.05)
@@ -53,7 +58,18 @@ def run_one(truth: str, anchors: float, seed: int, steps: int, datasets: dict) -
     bic = score_coordinates("codes", "Q's codes of real images", codes.astype(np.float64), edges)
     table = make_table({q: codes[:, i] for i, q in enumerate(NODES)}, graph.spec)
     learned = {m: learn_structure(table, m, seed=seed) for m in ("hill-climb", "pc")}
-    return {
+    extra = {}
+    if anchors > 0:
+        index = anchor_index(cfg, dataset)
+        labels = dataset.scm.values(dataset.train_factors[index])  # (M, 3) the known factor values
+        anchored = dataset.train_images_at(torch.from_numpy(index).to(dataset.device))
+        read = scores_mod.q_codes(outcome.trainer.D, anchored).cpu().numpy()
+        corrected = recolour(codes, np.cov(codes.T) - np.cov((read - labels).T))
+        extra = {
+            "labels_first": score_coordinates("labels", "", labels, edges).equivalent,
+            "corrected_first": corrected is not None and score_coordinates("c", "", corrected, edges).equivalent,
+        }
+    return extra | {
         "truth": truth,
         "anchors": anchors,
         "seed": seed,
@@ -70,10 +86,20 @@ def run_one(truth: str, anchors: float, seed: int, steps: int, datasets: dict) -
     }
 
 
+def recolour(values: np.ndarray, target: np.ndarray) -> np.ndarray | None:
+    """``values`` linearly transformed to have sample covariance ``target`` (None when ``target`` is
+    not positive definite): Gaussian BIC depends on the data through its covariance only."""
+    if np.linalg.eigvalsh(target).min() <= 0:
+        return None
+    centred = values - values.mean(0)
+    whiten = np.linalg.inv(np.linalg.cholesky(np.cov(centred.T)))
+    return centred @ whiten.T @ np.linalg.cholesky(target).T
+
+
 def summarize(rows: list[dict]) -> str:
     lines = [
-        "| setting | truth class first by BIC (25 DAGs) | hill-climb | PC | anchor_r2 (mean, min-max) |",
-        "|---|---|---|---|---|",
+        "| setting | truth class first by BIC (25 DAGs) | hill-climb | PC | anchor labels alone | codes, reading error removed | anchor_r2 (mean, min-max) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for anchors in ANCHORS:
         part = [r for r in rows if r["anchors"] == anchors and r["status"] == "completed"]
@@ -82,7 +108,8 @@ def summarize(rows: list[dict]) -> str:
         r2 = [r["anchor_r2"] for r in part if r["anchor_r2"] is not None]
         r2_text = f"{np.mean(r2):.2f} ({min(r2):.2f} to {max(r2):.2f})" if r2 else "n/a"
         name = "i.i.d. only" if anchors == 0 else f"anchors {anchors:.0%}"
-        counts = [f"{sum(r[k] for r in part)}/{len(part)}" for k in ("bic_first", "hill_climb", "pc")]
+        keys = ("bic_first", "hill_climb", "pc", "labels_first", "corrected_first")
+        counts = [f"{sum(r[k] for r in part)}/{len(part)}" if k in part[0] else "n/a" for k in keys]
         lines.append(f"| {name} | {' | '.join(counts)} | {r2_text} |")
     lines += ["", "| truth | anchors | seed | BIC's best DAG | truth rank | anchor_r2 |", "|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["anchors"], r["truth"], r["seed"])):
