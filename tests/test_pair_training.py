@@ -66,7 +66,13 @@ def test_a_run_without_pairs_is_bit_identical_to_before_the_pairs_hooks(prior: s
     trainer = _trainer(dataclasses.replace(TINY, code_prior=prior))
     result = trainer.run()
     digest, losses = BEFORE_PAIRS[prior]
-    assert trainer.pairs is None and set(result.losses) == {"loss/d", "loss/g", "loss/info", "loss/struct", "loss/anchor"}
+    assert trainer.pairs is None and set(result.losses) == {
+        "loss/d",
+        "loss/g",
+        "loss/info",
+        "loss/struct",
+        "loss/anchor",
+    }
     assert [float(result.losses[k]).hex() for k in ("loss/d", "loss/g", "loss/info")] == list(losses)
     assert _digest(trainer) == digest
 
