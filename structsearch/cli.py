@@ -422,6 +422,13 @@ def _print_top(study, cfg, top: int) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    train = cfg.run.train
+    if train.anchor_labels == 0 and train.lambda_pair == 0:
+        print(
+            "note: trained on i.i.d. images only, so this ranking is not an identification of the true graph: "
+            "each trial's codes have coordinates of their own (docs/design.md section 8; "
+            "try `structsearch identifiability`, --anchor-labels or --lambda-pair)"
+        )
     print(f"compare them: structsearch ui --runs-dir {cfg.runs_dir}   (MLflow experiment study-{cfg.study})")
 
 
