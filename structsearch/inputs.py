@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 NAME_PATTERN = r"[A-Za-z0-9._-]{1,100}"
@@ -107,34 +108,21 @@ def check_database_url(url: str, what: str = "storage URL", existing: bool = Fal
 # ---- argparse types ------------------------------------------------------------------------------
 
 
-def count(text: str) -> int:
-    """An integer >= 1 (``--trials``, ``--workers``, ``--top``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+def _argument(parse: Callable[[str], float], ok: Callable[[float], bool], accepted: str) -> Callable[[str], float]:
+    """An argparse type: ``parse`` the text, refuse it unless ``ok``, naming what is ``accepted``."""
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {accepted}, got {text!r}")
+        return value
+
+    return convert
 
 
-def positive_number(text: str) -> float:
-    """A finite number > 0 (``--scale``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def port(text: str) -> int:
-    """A TCP port, 1-65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got {text!r}")
-    return value
+count = _argument(int, lambda v: v >= 1, "an integer >= 1")  # --trials, --workers, --top
+positive_number = _argument(float, lambda v: math.isfinite(v) and v > 0, "a number > 0")  # --scale
+port = _argument(int, lambda v: 1 <= v <= 65535, "a port number 1-65535")

@@ -254,7 +254,7 @@ class Reading:
 
     @cached_property
     def q_real(self) -> torch.Tensor:
-        return q_codes(self.D, self.ev.real)  # (n_eval, code_dim)
+        return read(self.real_reader, self.ev.real)  # (n_eval, code_dim)
 
     @cached_property
     def q_gen(self) -> torch.Tensor:
@@ -431,7 +431,12 @@ def reading_net(D: torch.nn.Module, images: torch.Tensor, batch_size: int = 500)
 def q_codes(D: torch.nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Q's raw outputs (N, code_dim) on images, in batches, normalized by the images' own statistics
     (:func:`reading_net`)."""
-    net = reading_net(D, images, batch_size)
+    return read(reading_net(D, images, batch_size), images, batch_size)
+
+
+@torch.no_grad()
+def read(net: torch.nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Q's raw outputs (N, code_dim) of a reading net (:func:`reading_net`) on images, in batches."""
     with evaluating(net):
         return torch.cat([net.q(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]).float()
 
