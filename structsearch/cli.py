@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -191,7 +192,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         for name in cfg.objectives:
             direction(name)
         prepared = search.prepare(cfg)
-    study_obj = search.run_search(cfg, workers=args.workers, gpus=gpus, prepared=prepared)
+    study_obj = search.run_search(cfg, workers=args.workers, gpus=gpus, prepared=prepared, threads=_threads(args))
     _print_top(study_obj, cfg, args.top)
     return 0
 
@@ -217,7 +218,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, device=args.device))
     with _as_usage_errors(ValueError):
         prepared = search.prepare(cfg, worker=study_mod.register_worker(cfg.storage_url(), cfg.study))
-    study = search.optimize(cfg, prepared)
+    study = search.optimize(cfg, prepared, threads=_threads(args))
     print(f"worker done: {study_mod.trained_graphs(study)}/{cfg.n_trials} graphs trained in study {cfg.study}")
     return 0
 
@@ -446,6 +447,15 @@ def _gpus(text: str | None) -> list[str]:
     return ids
 
 
+def _threads(args: argparse.Namespace) -> int | None:
+    """Torch threads per trial: ``--threads``, else ``OMP_NUM_THREADS``, else None (the search
+    shares the cores among the live workers on this machine)."""
+    if args.threads:
+        return args.threads
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else None
+
+
 def _check(check: Callable, *args, **kwargs):
     """``check(*args)`` with its ValueError turned into a one-line usage error."""
     with _as_usage_errors(ValueError):
@@ -505,6 +515,11 @@ def _spec(text: str):
         return get_spec(text)
     except ValueError as err:
         raise UsageError(str(err)) from None
+
+
+THREADS_HELP = (
+    "torch threads per trial (default: OMP_NUM_THREADS, else the cores divided among the live workers on this machine)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -606,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed-graph", action="append", default=[], help="a graph tried first (repeatable); independent always is"
     )
     p.add_argument("--workers", type=inputs.count, default=1, help="worker processes on this machine sharing the study")
+    p.add_argument("--threads", type=inputs.count, help=THREADS_HELP)
     p.add_argument("--gpus", help="comma-separated GPU ids; worker i gets GPU i mod len")
     p.add_argument("--top", type=inputs.count, default=5, help="rows of the final table")
     p.add_argument("--runs-dir", default="runs", help="where runs, studies and the default MLflow store live")
@@ -624,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", help="where this worker writes its runs (default: the study's)")
     p.add_argument("--tracking", help="MLflow tracking URI (default: the study's)")
     p.add_argument("--device", help="device of this worker (default: the study's)")
+    p.add_argument("--threads", type=inputs.count, help=THREADS_HELP)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("export", help="write the best graphs of a study (json, dot or png)")

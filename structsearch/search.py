@@ -12,9 +12,15 @@ docs/design.md section 5. The study itself (config, storage, sampler, ranking) i
   prunes it (``taken_by``) and takes another proposal, so no graph is trained twice.
 * Workers: each worker process has its own sampler seed, from the study seed and a worker index
   recorded in the study's database.
-* Kills: trials send heartbeats; a trial whose process died is failed after ``grace_period``
-  seconds by the next worker and re-enqueued with the same graph (``RetryHeartbeatStaleTrialCallback``),
-  and the retry resumes the dead trial's checkpoint, under the dead trial's seed.
+* Kills: a trial records its owner process. Before every trial, a worker fails the running
+  trials whose owner on this machine is dead and re-enqueues each with the same graph
+  (``RetryHeartbeatStaleTrialCallback``); the retry resumes the dead trial's checkpoint, under its
+  seed, in its folder, holding its graph claim. An owner on another machine is judged by its
+  heartbeats instead, after ``grace_period`` seconds. A trial ended by an error in a live process
+  (Ctrl-C, a full disk) is re-enqueued the same way.
+* Threads: CPU workers sharing a machine share its cores (:func:`thread_share`): ``--workers N``
+  gives each cores // N, and a worker started by hand counts the live workers on this machine
+  before each trial.
 * Infeasible: with ``--min-info X``, a trial whose worst code is recovered with info below X
   violates a constraint (Optuna's ``constraints_func``), so a collapsed model never wins.
 * A diverged trial is pruned with its reason, never a crash of the study.
@@ -27,12 +33,14 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
+import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
@@ -45,11 +53,16 @@ from structsearch.study import (
     claim_graph,
     config_of,  # noqa: F401
     enqueue_seeds,
+    fail_dead_trials,
     fmt_values,
+    live_workers,
     load_existing,  # noqa: F401 (the CLI's entry points live here)
     make_search_space,
     open_study,
     ranked,
+    record_owner,
+    register_worker,
+    retry_failed,
     trained_graphs,
 )
 from structsearch.tracking import Tracker, make_tracker
@@ -80,9 +93,12 @@ class Objective:
         self.possible_edges = space.possible_edges()
         self.repeats = 0  # proposals in a row that repeated a trained graph
         self.pop_lock = PopLock(cfg.storage_url())
+        self.trial_number: int | None = None  # the trial in progress, re-enqueued if it ends in an error
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...] | float:
+        record_owner(trial)  # before the pop lock goes: a trial without an owner there is an orphan
         self.pop_lock.release()  # the trial is ours: the next worker may take one
+        self.trial_number = trial.number
         graph = self.space.suggest(trial)
         trial.set_user_attr("graph_key", graph.key)
         trial.set_user_attr("graph_json", graph.to_json(indent=None))
@@ -113,6 +129,7 @@ class Objective:
         )
         run_dir = Path(self.cfg.runs_dir) / self.cfg.study / f"trial-{number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("threads", torch.get_num_threads())
         recorder = Recorder(
             run_dir,
             self.tracker,
@@ -134,6 +151,8 @@ class Objective:
             pruning=self._pruning(trial),
         )
         trial.set_user_attr("mlflow_run_id", result.run_id)
+        if result.resumed_at:
+            trial.set_user_attr("resumed_at", result.resumed_at)
         trial.set_user_attr("status", result.status)
         trial.set_user_attr("scores", result.scores)
         if result.status == "diverged":
@@ -214,9 +233,10 @@ def prepare(cfg: SearchConfig, worker: int = 0) -> Prepared:
     return Prepared(cfg, study, dataset, space, tracker, _parent_run(study, tracker, cfg, space))
 
 
-def optimize(cfg: SearchConfig, prepared: Prepared | None = None) -> optuna.Study:
+def optimize(cfg: SearchConfig, prepared: Prepared | None = None, threads: int | None = None) -> optuna.Study:
     """Run trials in this process until the study has trained ``n_trials`` distinct graphs (or every
-    graph of the space)."""
+    graph of the space). ``threads``: torch threads per trial; None shares the cores with the live
+    workers on this machine, counted before each trial (:func:`thread_share`)."""
     p = prepared or prepare(cfg)
     cfg, study, tracker = p.cfg, p.study, p.tracker
     objective = Objective(cfg, study, p.dataset, p.space, tracker, p.parent_run_id)
@@ -225,16 +245,25 @@ def optimize(cfg: SearchConfig, prepared: Prepared | None = None) -> optuna.Stud
     if target < cfg.n_trials:
         logger.info("the space holds %d graphs: --trials %d trains all of them", len(graphs), cfg.n_trials)
     rng = np.random.default_rng([cfg.seed, len(study.trials)])
+    set_threads = _thread_setter(cfg.storage_url(), threads)
     while True:
-        fail_stale_trials(study)  # a dead worker's trial is failed here and re-enqueued (same graph)
-        if trained_graphs(study) >= target:
-            break
-        if objective.repeats >= MAX_REPEATS and graphs:
-            _fill_in(study, p.space, graphs, rng)
-            objective.repeats = 0
+        # Under the pop lock (SQLite): no other worker is between taking a trial and naming its owner.
         objective.pop_lock.acquire()
         try:
-            study.optimize(objective, n_trials=1, catch=())
+            fail_stale_trials(study)  # an owner on another machine: its heartbeats stopped
+            fail_dead_trials(study, unowned_are_dead=objective.pop_lock.held())  # an owner here: dead
+            if trained_graphs(study) >= target:
+                break
+            if objective.repeats >= MAX_REPEATS and graphs:
+                _fill_in(study, p.space, graphs, rng)
+                objective.repeats = 0
+            set_threads()
+            objective.trial_number = None
+            try:
+                study.optimize(objective, n_trials=1, catch=())
+            except BaseException:
+                retry_failed(study, objective.trial_number)  # a rerun resumes it from its checkpoint
+                raise
         finally:
             objective.pop_lock.release()
         _log_progress(study, cfg)
@@ -263,14 +292,20 @@ def _fill_in(study: optuna.Study, space: SearchSpace, graphs: list[Graph], rng: 
 
 
 def run_search(
-    cfg: SearchConfig, workers: int = 1, gpus: list[str] | None = None, prepared: Prepared | None = None
+    cfg: SearchConfig,
+    workers: int = 1,
+    gpus: list[str] | None = None,
+    prepared: Prepared | None = None,
+    threads: int | None = None,
 ) -> optuna.Study:
-    """``optimize`` here, or in ``workers`` processes sharing the study (worker i on GPU i mod len)."""
+    """``optimize`` here, or in ``workers`` processes sharing the study (worker i on GPU i mod len);
+    ``threads`` per worker, or None for :func:`thread_share`."""
     gpus = gpus or []
     n = max(workers, len(gpus), 1)
     prepared = prepared or prepare(cfg)  # the study, seeds and parent run exist before any worker starts
     if n == 1 and not gpus:
-        return optimize(cfg, prepared)
+        register_worker(cfg.storage_url(), cfg.study)  # counted by workers started by hand (its seed stays the study's)
+        return optimize(cfg, prepared, threads)
     cfg, study, tracker = prepared.cfg, prepared.study, prepared.tracker
     procs = []
     for i in range(n):
@@ -293,15 +328,57 @@ def run_search(
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
             cmd += ["--device", "cuda"]
-        elif "OMP_NUM_THREADS" not in env:  # CPU workers share the cores instead of each taking all
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            env["OMP_NUM_THREADS"] = str(max(1, cores // n))
+        elif threads or "OMP_NUM_THREADS" not in env:  # CPU workers share the cores instead of each taking all
+            env["OMP_NUM_THREADS"] = str(threads or thread_share(n))
         procs.append(subprocess.Popen(cmd, env=env))
     codes = [p.wait() for p in procs]
     if any(codes):
-        raise RuntimeError(f"worker exit codes {codes}; see their output above")
+        raise WorkersFailed(f"worker exit codes {codes}; each said why above. Rerun the same command to resume")
     mark_best(study, tracker)
     return study
+
+
+class WorkersFailed(RuntimeError):
+    """A worker process of ``--workers`` exited with an error (it printed its own message)."""
+
+
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def thread_share(n_workers: int) -> int | None:
+    """Torch threads for each of ``n_workers`` CPU workers sharing this machine: cores // n, at least
+    1. None for a lone worker, which keeps torch's own default (all physical cores). One rule for
+    ``--workers N`` and for workers started by hand, so two workers never each take every core
+    (trials then ran 3-4 times slower)."""
+    return max(1, cores() // n_workers) if n_workers > 1 else None
+
+
+def _thread_setter(url: str, threads: int | None) -> Callable[[], None]:
+    """A function to call before each trial: it sets torch's threads (``threads``, or this
+    machine's cores shared among its live workers) and says so at the start and on a change."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+        logger.info("threads: %d per trial (--threads or OMP_NUM_THREADS)", threads)
+        return lambda: None
+    default, current = torch.get_num_threads(), None
+
+    def set_threads() -> None:
+        nonlocal current
+        live = max(1, live_workers(url))  # this process is one of them
+        count = thread_share(live) or default
+        if count != current:
+            torch.set_num_threads(count)
+            logger.info(
+                "threads: %d per trial (%d cores, %d live workers on this machine; --threads N to choose)",
+                count,
+                cores(),
+                live,
+            )
+            current = count
+
+    return set_threads
 
 
 def _parent_run(study: optuna.Study, tracker: Tracker, cfg: SearchConfig, space: SearchSpace) -> str | None:

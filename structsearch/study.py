@@ -2,13 +2,18 @@
 
 A study lives in an Optuna storage (SQLite under ``runs/<study>/`` by default; a PostgreSQL URL
 lets workers on many machines join). Its :class:`SearchConfig` is stored in the study itself, so
-``structsearch worker --study NAME --storage URL`` needs nothing else. Trials send heartbeats; a
-trial whose process died is failed after ``grace_period`` seconds by the next worker and
-re-enqueued with the same graph (``RetryHeartbeatStaleTrialCallback``).
+``structsearch worker --study NAME --storage URL`` needs nothing else.
+
+A trial whose process died is failed and re-enqueued with the same graph by Optuna's
+``RetryHeartbeatStaleTrialCallback``, found in one of two ways. Each trial records its owner
+(:class:`Owner`: host, pid, the process's start time): a worker fails at once every running trial
+whose owner on this machine is dead (:func:`fail_dead_trials`). An owner on another machine cannot
+be checked, so its trial is failed once its heartbeats stop for ``grace_period`` seconds.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import fcntl
 import functools
@@ -75,6 +80,9 @@ class SearchConfig:
         folder = Path(self.runs_dir) / check_name(self.study)  # the name becomes a folder
         folder.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{(folder / 'study.db').resolve()}"
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} on {self.host}"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -274,6 +282,7 @@ WORKERS = sa.Table(
     sa.Column("host", sa.String(255), nullable=False),
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("started", sa.Float, nullable=False),
+    sa.Column("owner", sa.Text, nullable=True),  # Owner.to_json(): whether the worker still lives
 )
 
 
@@ -287,7 +296,20 @@ def _engine(url: str) -> sa.Engine:
         missing = set(_META.tables) - set(sa.inspect(engine).get_table_names())
         if missing:
             raise
+    _add_owner_column(engine)
     return engine
+
+
+def _add_owner_column(engine: sa.Engine) -> None:
+    """Give a workers table made before owners were recorded its ``owner`` column."""
+    if "owner" in {c["name"] for c in sa.inspect(engine).get_columns(WORKERS.name)}:
+        return
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"ALTER TABLE {WORKERS.name} ADD COLUMN owner TEXT"))
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError):  # another worker added it in between
+        if "owner" not in {c["name"] for c in sa.inspect(engine).get_columns(WORKERS.name)}:
+            raise
 
 
 def claim_graph(url: str, study: str, key: str, trial: int) -> int:
@@ -329,14 +351,153 @@ class PopLock:
             self.handle.close()
             self.handle = None
 
+    def held(self) -> bool:
+        """Whether this process holds the lock (never for a database that needs none)."""
+        return self.handle is not None
+
 
 def register_worker(url: str, study: str) -> int:
-    """A new worker index (1, 2, ...) recorded in the study's database."""
+    """A new worker index (1, 2, ...) recorded in the study's database, with this process as its owner."""
+    me = Owner.this_process()
     with _engine(url).begin() as conn:
         row = conn.execute(
-            sa.insert(WORKERS).values(study=study, host=socket.gethostname(), pid=os.getpid(), started=time.time())
+            sa.insert(WORKERS).values(study=study, host=me.host, pid=me.pid, started=time.time(), owner=me.to_json())
         )
         return int(row.inserted_primary_key[0])
+
+
+def live_workers(url: str) -> int:
+    """Worker processes recorded in this database (any study) that are alive on this machine."""
+    query = sa.select(WORKERS.c.owner).where(WORKERS.c.host == socket.gethostname(), WORKERS.c.owner.is_not(None))
+    with _engine(url).connect() as conn:
+        owners = [Owner.from_dict(json.loads(text)) for text in conn.execute(query).scalars()]
+    return sum(owner.alive() is True for owner in owners)
+
+
+# ---- who runs a trial, and failing the trials of dead processes ---------------------------------
+
+OWNER_ATTR = "owner"
+"""User attr of a trial: the :class:`Owner` record of the process running it, with its trial number."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """A process, named so that a pid reused by a later process is not mistaken for it.
+
+    ``start`` is the process's start time in clock ticks since boot (``/proc/<pid>/stat`` field
+    22); ``space`` the boot and pid namespace in which ``pid`` and ``start`` mean something (two
+    containers may share a hostname but not a pid namespace). Both are None where ``/proc`` is
+    missing, and then no owner is ever judged dead: only heartbeats tell.
+    """
+
+    host: str
+    pid: int
+    start: int | None
+    space: str | None
+
+    @classmethod
+    def this_process(cls) -> Owner:
+        return cls(socket.gethostname(), os.getpid(), _process_start(os.getpid()), _pid_space())
+
+    def alive(self) -> bool | None:
+        """True or False when this machine can tell (same host, boot and pid namespace), else None."""
+        if self.start is None or self.space is None or self.space != _pid_space():
+            return None
+        if self.host != socket.gethostname():
+            return None
+        return _process_start(self.pid) == self.start
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} on {self.host}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Owner:
+        return cls(str(data["host"]), int(data["pid"]), data.get("start"), data.get("space"))
+
+
+def _process_start(pid: int) -> int | None:
+    """A live process's start time in clock ticks since boot; None for no process or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # the name may hold ')'
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else int(fields[19])  # fields[0] is field 3 (state), fields[19] field 22
+
+
+@functools.lru_cache(maxsize=1)
+def _pid_space() -> str | None:
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
+
+
+def record_owner(trial: optuna.Trial) -> None:
+    """Name this process as ``trial``'s owner (a retry inherits its dead trial's record, so the
+    record carries the trial number it was written for)."""
+    trial.set_user_attr(OWNER_ATTR, asdict(Owner.this_process()) | {"trial": trial.number})
+
+
+def owner_of(trial: FrozenTrial) -> Owner | None:
+    """The owner recorded for this very trial, None when it has recorded none yet."""
+    record = trial.user_attrs.get(OWNER_ATTR)
+    if not isinstance(record, dict) or record.get("trial") != trial.number:
+        return None
+    return Owner.from_dict(record)
+
+
+def fail_dead_trials(study: optuna.Study, unowned_are_dead: bool = False) -> list[int]:
+    """Fail every running trial whose owner is dead on this machine and re-enqueue it with the
+    same graph, as Optuna does with a trial whose heartbeat is stale; the numbers failed.
+
+    ``unowned_are_dead``: a running trial that has recorded no owner is dead too. True only while
+    holding the SQLite :class:`PopLock`: a live process records its trial's owner before
+    releasing that lock, so a trial without one lost its process between ask and record.
+    """
+    dead = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = owner_of(t)
+        if (owner is None and unowned_are_dead) or (owner is not None and owner.alive() is False):
+            dead.append(t)
+    for t in dead:
+        owner = owner_of(t)
+        logger.info("trial %d: its process (%s) is dead; retrying it", t.number, owner or "unrecorded")
+        _fail_and_retry(study, t._trial_id)
+    return [t.number for t in dead]
+
+
+def retry_failed(study: optuna.Study, number: int | None) -> None:
+    """Re-enqueue trial ``number`` when it ended in an error (Ctrl-C, a full disk): its process
+    lives on, so neither heartbeats nor owners would; a rerun then resumes its checkpoint. Best
+    effort: a database that cannot be written leaves the trial running, for the owner check."""
+    if number is None:
+        return
+    try:
+        trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+        if trial.state in (TrialState.RUNNING, TrialState.FAIL):
+            _fail_and_retry(study, trial._trial_id, failed=trial.state == TrialState.FAIL)
+    except Exception as err:  # noqa: BLE001 (the error that ended the trial is the one to report)
+        logger.warning("trial %d could not be re-enqueued (%s); a rerun retries it", number, err)
+
+
+def _fail_and_retry(study: optuna.Study, trial_id: int, failed: bool = False) -> None:
+    """What ``optuna.storages.fail_stale_trials`` does with one stale trial: fail it, then hand it to
+    the storage's stale-trial callback (our ``RetryHeartbeatStaleTrialCallback``), which enqueues
+    a copy whose ``retry_history`` names the original (its run folder, seed and graph claim)."""
+    storage = study._storage
+    if not failed:
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                return
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
+            return
+    callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    if callback is not None:
+        callback(study, copy.deepcopy(storage.get_trial(trial_id)))
 
 
 def load_existing(study_name: str, storage: str) -> optuna.Study:

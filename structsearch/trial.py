@@ -62,6 +62,7 @@ class TrialResult:
     run_id: str | None
     scores: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    resumed_at: int = 0  # the checkpoint's step training continued from (0: from scratch)
 
 
 @dataclass(frozen=True)
@@ -253,6 +254,7 @@ class Recorder:
         self.params, self.tags, self.objectives = dict(params or {}), dict(tags or {}), tuple(objectives)
         self.checkpoint = self.run_dir / "checkpoint.pt"
         self.run_id: str | None = None
+        self.resumed_at = 0
         self.cfg: RunConfig | None = None
         self.graph: Graph | None = None
 
@@ -284,6 +286,7 @@ class Recorder:
         """Load the folder's checkpoint into ``trainer``, when there is one."""
         if self.checkpoint.exists():
             trainer.load(self.checkpoint)
+            self.resumed_at = trainer.step
             logger.info("resumed %s at step %d", self.run_dir, trainer.step)
 
     def save_checkpoint(self, trainer: Trainer) -> None:
@@ -312,7 +315,9 @@ class Recorder:
         self.tracker.end_run(run_id, status)
         if result.status == "completed" and self.objectives:
             self.tracker.log_metrics(run_id, {f"objective/{o}": scores[o] for o in self.objectives})
-        return TrialResult(result.status, result.message, result.step, self.run_dir, run_id, scores, seconds)
+        return TrialResult(
+            result.status, result.message, result.step, self.run_dir, run_id, scores, seconds, self.resumed_at
+        )
 
 
 def run_trial(
