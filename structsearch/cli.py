@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import socket
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -33,6 +35,10 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (GraphError, DatasetError, Checkpoin
 
 class UsageError(Exception):
     """A user mistake found by the CLI itself; printed as one line, exit code 2."""
+
+
+class RunFailed(Exception):
+    """A command that failed once its work had begun (a write, a worker): one line, exit code 1."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,6 +96,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise UsageError(f"--max-minutes must be > 0, got {args.max_minutes}")
     _check_tracking(args.tracking)
+    _check_writable(runs_dir, tracking=args.tracking)
+    if run_dir is not None:
+        _check(inputs.writable_folder, run_dir, "--out")
     if args.resume:
         cfg, graph = _resumed(args, run_dir)
     else:
@@ -164,6 +173,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if args.storage:
         _check(inputs.check_database_url, args.storage)
     _check_tracking(args.tracking)
+    default_storage = f"sqlite:///{Path(args.runs_dir) / study / 'study.db'}"
+    _check_writable(Path(args.runs_dir), storage=args.storage or default_storage, tracking=args.tracking)
     gpus = _gpus(args.gpus)
     cfg = study_mod.SearchConfig(
         study=study,
@@ -192,7 +203,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         for name in cfg.objectives:
             direction(name)
         prepared = search.prepare(cfg)
-    study_obj = search.run_search(cfg, workers=args.workers, gpus=gpus, prepared=prepared, threads=_threads(args))
+    try:
+        study_obj = search.run_search(cfg, workers=args.workers, gpus=gpus, prepared=prepared, threads=_threads(args))
+    except search.WorkersFailed as err:
+        raise RunFailed(str(err)) from None
     _print_top(study_obj, cfg, args.top)
     return 0
 
@@ -212,6 +226,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     with _as_usage_errors(ValueError):
         cfg = study_mod.config_of(args.study, args.storage)
     cfg = dataclasses.replace(cfg, runs_dir=args.runs_dir or cfg.runs_dir, tracking=args.tracking or cfg.tracking)
+    _check_writable(Path(cfg.runs_dir), storage=args.storage, tracking=cfg.tracking)
     if args.trials:
         cfg = dataclasses.replace(cfg, n_trials=args.trials)
     if args.device:
@@ -229,6 +244,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     _check(inputs.check_name, args.study)
     out = _check(inputs.output_folder, args.out or Path(args.runs_dir) / args.study / "export", "--out", args.runs_dir)
+    _check(inputs.writable_folder, out, "--out")
     if args.storage:
         storage = _check(inputs.check_database_url, args.storage, existing=True)
     else:  # the default SQLite file; looking for a study never creates one
@@ -300,12 +316,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UsageError(f"{run_dir} is not a run folder (no config.json); give the folder `structsearch train` wrote")
     with _as_usage_errors(ValueError):
         cfg = config_mod.RunConfig.load(run_dir / "config.json")
+    _check(inputs.writable_folder, run_dir, "run folder")  # evaluation.json goes there
     tracker = None
     if args.tracking != "none" and (run_dir / "run.json").exists():
         from structsearch.trial import read_run_record
 
         with _as_usage_errors(ValueError):
             uri = args.tracking or read_run_record(run_dir).get("tracking_uri")
+        if uri:
+            _check(inputs.writable_database, uri, "tracking URI")
         tracker = _tracker(uri, f"train-{cfg.dataset}", Path(args.runs_dir)) if uri else None
     with _as_usage_errors(ValueError, FileNotFoundError):
         scores = evaluate_run(run_dir, args.metrics, args.scale, tracker, args.device)
@@ -470,6 +489,49 @@ def _check_tracking(uri: str | None) -> None:
         _check(check_uri, uri)
 
 
+def _check_writable(runs_dir: Path, storage: str | None = None, tracking: str | None = None) -> None:
+    """Refuse, before any work, a runs folder or a SQLite store (the study's, the default or given
+    MLflow store) this command could not write: one line with the OS error, exit 2."""
+    _check(inputs.writable_folder, runs_dir, "--runs-dir")
+    if storage:
+        _check(inputs.writable_database, storage)
+    if tracking != "none":
+        _check(inputs.writable_database, tracking or f"sqlite:///{runs_dir / 'mlflow.db'}", "tracking URI")
+
+
+# Errors of a write that failed once the work had begun: a disk that filled, a folder or a mount
+# made read-only under a running command. Exit 1: the command was right, the machine failed it.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+SQLITE_WRITE_ERRORS = ("database or disk is full", "readonly database", "unable to open database file", "disk i/o")
+
+
+def _write_failure(err: BaseException | None) -> str | None:
+    """What could not be written and the OS's reason, if ``err`` or an error that led to it is a
+    failed write; None for any other error."""
+    import sqlite3
+
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+            return f"cannot write {err.filename or 'a file'}: {err.strerror}"
+        if isinstance(err, sqlite3.OperationalError) and any(s in str(err).lower() for s in SQLITE_WRITE_ERRORS):
+            return f"cannot write the SQLite database: {err}"
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _thread_error(hook: threading.ExceptHookArgs) -> None:
+    """A failed write in a library's thread (Optuna's heartbeats) is one line too; the command's
+    own next write then ends it."""
+    reason = _write_failure(hook.exc_value)
+    if reason is None:
+        threading.__excepthook__(hook)
+    else:
+        name = hook.thread.name if hook.thread else "a thread"
+        print(f"structsearch: warning: {reason} (in {name})", file=sys.stderr)
+
+
 @contextlib.contextmanager
 def _as_usage_errors(*kinds: type[Exception]):
     try:
@@ -517,6 +579,10 @@ def _spec(text: str):
         raise UsageError(str(err)) from None
 
 
+AFTER_WRITE_FAILURE = (
+    "make room or make it writable, then run the same command again (optimize and worker resume the study, "
+    "train --resume the run)"
+)
 THREADS_HELP = (
     "torch threads per trial (default: OMP_NUM_THREADS, else the cores divided among the live workers on this machine)"
 )
@@ -732,6 +798,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_quiet_libraries)
     func: Callable[[argparse.Namespace], int] = args.func
+    threading.excepthook = _thread_error
     try:
         return func(args)
     except (UsageError, *USAGE_ERRORS) as err:
@@ -740,3 +807,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except RunFailed as err:
+        print(f"structsearch {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        reason = _write_failure(err)
+        if reason is None:
+            raise
+        print(f"structsearch {args.command}: error: {reason}; {AFTER_WRITE_FAILURE}", file=sys.stderr)
+        return 1

@@ -8,13 +8,18 @@ Outputs never create folders a typo asked for:
 * a folder output (``--runs-dir``, ``train --out``, ``export --out``) is created, but only inside
   an existing folder, or anywhere inside ``--runs-dir`` (the tree structsearch owns: a run folder
   ``runs/shapes/collider`` may create ``runs/shapes``). ``/nonexistent/dir/run`` is refused.
+* a folder or SQLite database a command writes in must be writable before any work starts
+  (:func:`writable_folder`, :func:`writable_database`): a read-only runs folder is one line,
+  not a traceback halfway through.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,6 +60,50 @@ def output_folder(path: str | Path, flag: str, inside: str | Path | None = None)
     if not target.parent.is_dir():
         raise ValueError(f"{flag} {path}: folder {target.parent} does not exist; create it first or pick another path")
     return target
+
+
+def writable_folder(path: str | Path, flag: str) -> Path:
+    """A folder this command will write in: a nameless probe file is created and dropped in it (or,
+    while it does not exist yet, in the folder that will hold it), so a read-only file system, a
+    missing permission or an immutable folder is refused before any work. Nothing is left behind."""
+    target = Path(path)
+    existing, error = _probe(target)
+    if error is not None:
+        where = "write in it" if existing == target else f"create it in {existing}"
+        raise ValueError(f"{flag} {path}: cannot {where}: {error}; {_WRITABLE}")
+    return target
+
+
+def writable_database(url: str, what: str = "storage URL") -> str:
+    """A SQLite database this command will write: its file opened for writing (not written) and its
+    folder writable (SQLite writes a journal beside it). Other databases are the server's business."""
+    if not url.startswith("sqlite:///"):
+        return url
+    path = Path(url.removeprefix("sqlite:///"))
+    existing, error = _probe(path.parent)
+    if error is None and path.exists():
+        try:
+            os.close(os.open(path, os.O_RDWR))
+        except OSError as err:
+            existing, error = path, err.strerror
+    if error is not None:
+        raise ValueError(f"{what} {url}: cannot write in {existing}: {error}; {_WRITABLE}")
+    return url
+
+
+_WRITABLE = "give a folder you can write in, or make it writable"
+
+
+def _probe(folder: Path) -> tuple[Path, str | None]:
+    """The folder itself or, while it does not exist, its nearest existing parent, and the OS error
+    writing a file there gives (None: writable)."""
+    existing = next((p for p in (folder, *folder.parents) if p.is_dir()), Path("."))
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        return existing, err.strerror or str(err)
+    return existing, None
 
 
 # ---- database URLs (Optuna storage, MLflow stores) -------------------------------------------

@@ -480,8 +480,12 @@ def retry_failed(study: optuna.Study, number: int | None) -> None:
         trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
         if trial.state in (TrialState.RUNNING, TrialState.FAIL):
             _fail_and_retry(study, trial._trial_id, failed=trial.state == TrialState.FAIL)
-    except Exception as err:  # noqa: BLE001 (the error that ended the trial is the one to report)
-        logger.warning("trial %d could not be re-enqueued (%s); a rerun retries it", number, err)
+    except Exception:  # noqa: BLE001 (the error that ended the trial is the one to report)
+        logger.warning(
+            "trial %d could not be re-enqueued now; a rerun retries it",
+            number,
+            exc_info=logger.isEnabledFor(logging.DEBUG),
+        )
 
 
 def _fail_and_retry(study: optuna.Study, trial_id: int, failed: bool = False) -> None:

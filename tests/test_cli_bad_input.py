@@ -3,6 +3,7 @@ never shows a traceback: one table over every command."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from structsearch.cli import main
+from tests.fs import read_only
 
 DEADLINE_S = 30  # a refusal is quick: no minutes of retries against a server that is down
 
@@ -24,6 +26,7 @@ class Env:
     def __init__(self, tmp: Path) -> None:
         self.tmp, self.runs = tmp, tmp / "runs"
         self._sockets: list[socket.socket] = []
+        self._read_only = contextlib.ExitStack()
 
     def optimize(self, *extra: str) -> list[str]:
         fast = ["--dataset", "shapes", "--preset", "tiny", "--steps", "1", "--n-eval", "100", "--trials", "1"]
@@ -56,9 +59,25 @@ class Env:
         self._sockets.append(sock)
         return str(sock.getsockname()[1])
 
+    def read_only(self, path: str | Path) -> str:
+        """``path`` (made if missing) and everything in it unwritable until ``close`` (tests/fs.py)."""
+        self._read_only.enter_context(read_only(Path(path)))
+        return str(path)
+
+    def read_only_study(self) -> str:
+        """The storage URL of a real study (its config stored, no trial run: what `worker` joins)
+        whose runs folder, ``ro``, is then made unwritable."""
+        from structsearch.study import SearchConfig, open_study
+
+        cfg = SearchConfig(study="s", runs_dir=str(self.tmp / "ro"))
+        open_study(cfg)
+        self.read_only(self.tmp / "ro")
+        return cfg.storage_url()
+
     def close(self) -> None:
         for sock in self._sockets:
             sock.close()
+        self._read_only.close()
 
 
 @dataclass(frozen=True)
@@ -211,6 +230,47 @@ CASES = [
         "missing/dir does not exist",
     ),
     Case("runs-dir-missing-folder", lambda e: e.train("--runs-dir", f"{e.tmp}/missing/runs"), "missing does not exist"),
+    # folders and databases that cannot be written: refused before any work (tests/fs.py says how)
+    Case(
+        "optimize-runs-dir-read-only",
+        lambda e: e.optimize("--runs-dir", e.read_only(e.tmp / "ro")),
+        "/ro: cannot write in it: ",
+    ),
+    Case(
+        "optimize-storage-read-only",
+        lambda e: e.optimize("--storage", f"sqlite:///{e.read_only(e.tmp / 'ro')}/study.db"),
+        "/ro/study.db: cannot write in ",
+    ),
+    Case(
+        "train-runs-dir-read-only",
+        lambda e: ["train", "--dataset", "shapes", "--runs-dir", e.read_only(e.tmp / "ro"), "--tracking", "none"],
+        "/ro: cannot write in it: ",
+    ),
+    Case(
+        "train-out-read-only",
+        lambda e: e.train("--out", f"{e.read_only(e.tmp / 'ro')}/run", "--tracking", "none"),
+        "/ro/run: cannot create it in ",
+    ),
+    Case(
+        "tracking-sqlite-read-only",
+        lambda e: e.train("--tracking", f"sqlite:///{e.read_only(e.tmp / 'ro')}/mlflow.db"),
+        "tracking URI sqlite:///",
+    ),
+    Case(
+        "export-out-read-only",
+        lambda e: ["export", "--study", "s", "--runs-dir", str(e.runs), "--out", f"{e.read_only(e.tmp / 'ro')}/x"],
+        "/ro/x: cannot create it in ",
+    ),
+    Case(
+        "evaluate-run-folder-read-only",
+        lambda e: ["evaluate", e.read_only(e.run_folder(json.dumps({"dataset": "shapes"}))), "--tracking", "none"],
+        "/run: cannot write in it: ",
+    ),
+    Case(
+        "worker-runs-dir-read-only",
+        lambda e: ["worker", "--study", "s", "--storage", e.read_only_study()],
+        "/ro: cannot write in it: ",
+    ),
 ]
 
 

@@ -1,5 +1,6 @@
 """Faults a trusted tool survives: `optimize` killed at three moments and rerun at once, workers
-started by hand sharing the cores. Real subprocesses, real SQLite storage, tiny nets."""
+started by hand sharing the cores, a runs folder that is read-only or whose disk fills. Real
+subprocesses, real SQLite storage, real file systems (tests/fs.py), tiny nets."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from optuna.trial import FrozenTrial, TrialState
 from gan.train import TrainConfig
 from structsearch import search
 from structsearch import study as study_mod
+from structsearch.cli import main
 from structsearch.config import RunConfig, apply_preset
+from tests.fs import fill, read_only, small_disk
 
 pytestmark = pytest.mark.slow
 
@@ -182,3 +185,65 @@ def test_a_worker_started_by_hand_shares_the_cores_with_the_live_workers(tmp_pat
     assert f"threads: {share} per trial ({search.cores()} cores, 2 live workers on this machine" in done.stderr
     (trial,) = _study(runs, "hand").get_trials(states=(TrialState.COMPLETE,))
     assert trial.user_attrs["threads"] == share
+
+
+# ---- a runs folder that cannot be written -----------------------------------------------------
+
+OS_WRITE_ERRORS = ("Read-only file system", "Permission denied", "Operation not permitted")
+
+
+def _one_line(capsys, argv: list[str], code: int) -> str:
+    capsys.readouterr()
+    assert main(argv) == code, argv
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and len(lines) == 1, err
+    return lines[0]
+
+
+def test_a_read_only_runs_folder_is_one_line_for_every_command_that_writes(tmp_path, capsys) -> None:
+    """A complete study, its folder made read-only: Optuna's "exceeding max length" before."""
+    runs = tmp_path / "runs"
+    argv = ["optimize", *FAST, "--steps", "2", "--n-eval", "100", "--runs-dir", str(runs), "--study", "ro"]
+    assert main([*argv, "--trials", "1"]) == 0
+    commands = {
+        "optimize": [*argv, "--trials", "1"],
+        "optimize more trials": [*argv, "--trials", "2"],
+        "worker": ["worker", "--study", "ro", "--storage", _url(runs, "ro")],
+        "train": ["train", "--dataset", "shapes", "--preset", "tiny", "--runs-dir", str(runs), "--tracking", "none"],
+        "export": ["export", "--study", "ro", "--runs-dir", str(runs)],
+        "evaluate": ["evaluate", str(runs / "ro" / "trial-0000"), "--scale", "0.01", "--tracking", "none"],
+    }
+    with read_only(runs) as how:
+        for name, command in commands.items():
+            line = _one_line(capsys, command, 2)
+            assert str(runs) in line and "cannot " in line, (name, how, line)
+            assert any(e in line for e in OS_WRITE_ERRORS), (name, how, line)
+        out = tmp_path / "elsewhere"
+        assert main(["export", "--study", "ro", "--runs-dir", str(runs), "--out", str(out)]) == 0  # reading works
+    assert (out / "best-1.json").exists()
+
+
+def test_a_disk_that_fills_mid_run_ends_in_one_line_and_a_rerun_resumes(tmp_path) -> None:
+    """Exit 1, not 2: the command was right and the machine failed it, after work had begun."""
+    with small_disk(tmp_path / "disk") as disk:
+        runs, log = disk / "runs", tmp_path / "first.log"
+        argv = _optimize(runs, "full", "--steps", "60", "--trials", "2")
+        with open(log, "w") as out:
+            proc = subprocess.Popen(argv, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+        checkpoint = runs / "full" / "trial-0000" / "checkpoint.pt"
+        deadline = time.monotonic() + WAIT_S
+        while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        filler = fill(disk)
+        assert proc.wait(timeout=WAIT_S) == 1, log.read_text()[-3000:]
+        text = log.read_text()
+        last = text.strip().splitlines()[-1]
+        assert "Traceback" not in text, text[-3000:]
+        assert last.startswith("structsearch optimize: error: cannot write"), last
+        assert "No space left on device" in last or "database or disk is full" in last, last
+
+        filler.unlink()
+        _rerun(argv)
+        (retry,) = _assert_recovered(runs, "full", 2)
+        assert retry.user_attrs["resumed_at"] >= 10  # from its last checkpoint
