@@ -167,6 +167,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from structsearch.scores import direction
 
     optuna.logging.set_verbosity(optuna.logging.DEBUG if args.verbose else optuna.logging.WARNING)
+    _quiet_trial_failures()
     run = _config(args)
     study = _check(inputs.check_name, args.study if args.study is not None else f"{run.dataset}-{args.space}")
     _check(inputs.output_folder, args.runs_dir, "--runs-dir")
@@ -218,6 +219,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from structsearch import study as study_mod
 
     optuna.logging.set_verbosity(optuna.logging.DEBUG if args.verbose else optuna.logging.WARNING)
+    _quiet_trial_failures()
     _check(inputs.check_name, args.study)
     _check(inputs.check_database_url, args.storage, existing=True)
     if args.runs_dir:
@@ -519,6 +521,23 @@ def _write_failure(err: BaseException | None) -> str | None:
             return f"cannot write the SQLite database: {err}"
         err = err.__cause__ or err.__context__
     return None
+
+
+def _quiet_trial_failures() -> None:
+    """Optuna logs a trial that raised with its traceback, then the CLI reports the same error:
+    keep Optuna's one-line warning only, and not even that for a failed write (our line says it)."""
+    for handler in logging.getLogger("optuna").handlers:
+        handler.addFilter(_trial_failure)  # the same function object: added once
+
+
+def _trial_failure(record: logging.LogRecord) -> bool:
+    if record.getMessage().endswith("failed with value None."):
+        return False
+    if record.exc_info:
+        if _write_failure(record.exc_info[1]):
+            return False
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def _thread_error(hook: threading.ExceptHookArgs) -> None:

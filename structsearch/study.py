@@ -367,11 +367,12 @@ def register_worker(url: str, study: str) -> int:
 
 
 def live_workers(url: str) -> int:
-    """Worker processes recorded in this database (any study) that are alive on this machine."""
+    """Worker processes recorded in this database (any study: they share the cores) that are alive
+    on this machine."""
     query = sa.select(WORKERS.c.owner).where(WORKERS.c.host == socket.gethostname(), WORKERS.c.owner.is_not(None))
     with _engine(url).connect() as conn:
         owners = [Owner.from_dict(json.loads(text)) for text in conn.execute(query).scalars()]
-    return sum(owner.alive() is True for owner in owners)
+    return len({(o.pid, o.start) for o in owners if o.alive()})  # a process that registered twice counts once
 
 
 # ---- who runs a trial, and failing the trials of dead processes ---------------------------------

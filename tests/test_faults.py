@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -159,6 +160,25 @@ def test_killed_right_after_a_trial_finished_a_rerun_at_once_completes_the_study
     (retry,) = _assert_recovered(runs, "after", 3)
     assert _study(runs, "after").trials[0].state == TrialState.COMPLETE  # kept, not trained again
     assert _origin(retry) == 1 and retry.state == TrialState.COMPLETE
+
+
+def test_interrupted_mid_trial_a_rerun_resumes_its_checkpoint(tmp_path) -> None:
+    """Ctrl-C: Optuna marks the trial failed in a process that lives on, so neither its owner nor
+    its heartbeats would tell; it is re-enqueued on the way out."""
+    runs, argv = tmp_path / "runs", _optimize(tmp_path / "runs", "int", "--steps", "60", "--trials", "2")
+    checkpoint = runs / "int" / "trial-0000" / "checkpoint.pt"
+    proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + WAIT_S
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=WAIT_S)[1]
+    assert proc.returncode == 130 and err.strip().endswith("interrupted") and "Traceback" not in err, err[-3000:]
+    step = torch.load(checkpoint, weights_only=True)["step"]
+
+    _rerun(argv)
+    (retry,) = _assert_recovered(runs, "int", 2)
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_at"] == step > 0
 
 
 def test_a_worker_started_by_hand_shares_the_cores_with_the_live_workers(tmp_path) -> None:

@@ -140,19 +140,33 @@ def test_a_trial_ended_by_an_error_is_retried(tmp_path) -> None:
 
 
 def test_live_workers_counts_live_processes_on_this_machine(tmp_path) -> None:
-    url = _url(tmp_path)
+    url, env = _url(tmp_path), os.environ | {"PYTHONPATH": str(ROOT)}
     register_worker(url, "s")  # this process
-    script = "import sys; from structsearch.study import register_worker; register_worker(sys.argv[1], 't')"
-    subprocess.run([sys.executable, "-c", script, url], check=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
+    register = "import sys; from structsearch.study import register_worker; register_worker(sys.argv[1], 't')"
+    subprocess.run([sys.executable, "-c", register, url], check=True, env=env)  # a worker that has ended
+    other = dataclasses.replace(Owner.this_process(), host="another-machine")
     with study_mod._engine(url).begin() as conn:  # a worker of another machine
         conn.execute(
             sa.insert(study_mod.WORKERS).values(
-                study="s", host="another-machine", pid=os.getpid(), started=0.0, owner=Owner.this_process().to_json()
+                study="s", host=other.host, pid=other.pid, started=0.0, owner=other.to_json()
             )
         )
     assert study_mod.live_workers(url) == 1
-    register_worker(url, "u")  # any study of this database counts: they share the cores
-    assert study_mod.live_workers(url) == 2
+    register_worker(url, "u")  # the same process joining another study of this database
+    assert study_mod.live_workers(url) == 1
+    alive = subprocess.Popen(
+        [sys.executable, "-c", register + "; print(flush=True); input()", url],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        alive.stdout.readline()  # registered
+        assert study_mod.live_workers(url) == 2  # any study of this database: they share the cores
+    finally:
+        alive.communicate("")
+    assert study_mod.live_workers(url) == 1
 
 
 def test_an_old_workers_table_gets_its_owner_column(tmp_path) -> None:
