@@ -83,6 +83,7 @@ are differences of corrected nlls, capped after the correction):
 
 from __future__ import annotations
 
+import itertools
 import math
 import typing
 from collections.abc import Mapping, Sequence
@@ -149,6 +150,14 @@ def log_variance_shift(n: int, p: int) -> float:
     return float(psi[0] - psi[1])
 
 
+def configuration_weights(parents: Sequence[torch.Tensor], n: int, like: torch.Tensor) -> torch.Tensor:
+    """(N, M) soft membership of each parent configuration: w_nm = prod_j p_parent_j(n, m_j)."""
+    weights = like.new_ones(n, 1)
+    for p in parents:
+        weights = (weights[:, :, None] * p[:, None, :]).reshape(n, -1)
+    return weights
+
+
 def categorical_nll(
     child: torch.Tensor, parents: Sequence[torch.Tensor], alpha: float = 0.1, correct: bool = False
 ) -> torch.Tensor:
@@ -163,19 +172,31 @@ def categorical_nll(
         -mean_n sum_m w_nm sum_k p_nk log theta[k | m], w_nm = prod_j p_parent_j(n, m_j) the soft
         weight of parent configuration m, theta[k | m] = (sum_n w_nm p_nk + alpha) / (sum_n w_nm + k alpha).
     """
+    weights = configuration_weights(parents, child.shape[0], child)
+    return categorical_nlls(child, weights, weights.new_ones(weights.shape[1], 1), alpha, correct)[0]
+
+
+def categorical_nlls(
+    child: torch.Tensor, weights: torch.Tensor, fits: torch.Tensor, alpha: float = 0.1, correct: bool = False
+) -> torch.Tensor:
+    """:func:`categorical_nll` of one child under several parent sets at once: (F,).
+
+    ``weights`` (N, M) holds the F fits' configuration weights side by side, and ``fits`` (M, F)
+    says which fit each configuration belongs to (0/1). Every configuration's CPT row depends on
+    its own soft counts only, so one table serves all F fits, and each fit's nll (and jackknife
+    bias) is the sum of its rows' terms.
+    """
     n, k = child.shape
-    weights = child.new_ones(n, 1)  # (N, M): soft membership of each parent configuration
-    for p in parents:
-        weights = (weights[:, :, None] * p[:, None, :]).reshape(n, -1)
     with torch.no_grad():
         counts = weights.T @ child  # (M, k)
         theta = (counts + alpha) / (counts.sum(1, keepdim=True) + k * alpha)
-        bias = _jackknife_bias(child, weights, counts, alpha) if correct and n > 1 else 0.0
-    return -(weights * (child @ theta.log().T)).sum(1).mean() - bias
+        bias = _jackknife_bias(child, weights, counts, alpha) @ fits if correct and n > 1 else 0.0
+    return -((weights * (child @ theta.log().T)).mean(0) @ fits) - bias
 
 
 def _jackknife_bias(child: torch.Tensor, weights: torch.Tensor, counts: torch.Tensor, alpha: float) -> torch.Tensor:
-    r"""(N - 1)(mean_n nll_(-n) - nll): the jackknife estimate of E[in-sample nll] - population nll.
+    r"""(N - 1)(mean_n nll_(-n) - nll) per configuration row (M,): summed over a fit's rows, the jackknife
+    estimate of E[in-sample nll] - population nll.
 
     nll = -1/N sum_{m,k} S_mk log theta_mk with soft counts S = w^T p, W_m = sum_k S_mk. Leaving
     sample n out gives S^(-n) = S - w_n p_n, W^(-n) = W - w_n, and (N - 1) nll_(-n) =
@@ -190,7 +211,7 @@ def _jackknife_bias(child: torch.Tensor, weights: torch.Tensor, counts: torch.Te
     k = child.shape[1]
     wp = weights[:, :, None] * child[:, None, :]  # (N, M, k): sample n's soft counts
     log_ratio = torch.log1p(-wp / (counts + alpha)) - torch.log1p(-weights / (counts.sum(1) + k * alpha))[:, :, None]
-    return -((counts - wp) * log_ratio).sum((1, 2)).mean()
+    return -((counts - wp) * log_ratio).sum(2).mean(0)
 
 
 # ---- the regularizer -----------------------------------------------------------------------
@@ -205,7 +226,19 @@ class _Family:
 
 
 class StructuralLoss:
-    """R_G for one graph, planned once and called every step: ``loss(c, q_out) -> scalar``.
+    r"""R_G for one graph, planned once and called every step: ``loss(c, q_out) -> scalar``.
+
+    Every form is a signed sum of local nlls, each the fit of one child on one parent set: the
+    graph's families, the saturated model's, and (``perfect_map``) each family less one parent.
+    The plan lists each distinct fit once (the complete graph's families are the saturated ones)
+    and a call computes them together. Continuous fits come from one matrix: Z = [c, q, 1] (B, W)
+    with categorical codes as one-hot rows or Q's softmax and continuous ones standardized, and
+    its second moments S = Z^T Z / B. The fit of column y on the columns in mask m solves
+    (S_mm + ridge I) beta = S_my, every fit in one batched solve (each fit's system is S masked
+    to its columns, with the identity elsewhere, so beta is zero off m), and its variance is
+    mean_n (Z_ny - Z_n beta)^2 for all fits from one matmul: R = Z[:, y] - Z beta^T (B, F).
+    That is exactly :func:`residual_variance` on [parents, 1], fit by fit; beta is detached
+    (envelope theorem) as there. Categorical children keep their soft-count CPTs, one per fit.
 
     Args:
         spec: the latent spec (which codes are categorical).
@@ -250,62 +283,154 @@ class StructuralLoss:
                 u for u in c_nodes + list(order[:position]) if not categorical or spec.code(u).kind == "categorical"
             )
             self.families.append(_Family(v, categorical, pa[v], full))
+        self._options = dict(floor=floor, ridge=ridge, alpha=alpha, edge_cap=edge_cap, correction=correction)
+        self._parents = pa
+        self._plan()
+        self._constants: dict[torch.device, dict] = {}
+        self._shifts: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    # ---- the plan: which fits, and how the form combines them ----------------------------------
+
+    def _columns(self, node: str) -> slice:
+        """Columns of ``node`` in Z = [c, q, 1]."""
+        offset = self.spec.code_dim * (node[0] == "q")
+        i = self.spec.names.index("c" + node[1:])
+        start = offset + sum(code.dim for code in self.spec.codes[:i])
+        return slice(start, start + self.spec.codes[i].dim)
+
+    def _fit(self, node: str, parents: Sequence[str]) -> int:
+        """Index of the fit of ``node`` on ``parents`` in the call's nll vector, planned once."""
+        key = (node, frozenset(parents))
+        if key not in self._fit_index:
+            self._fit_index[key] = len(self._fits)
+            self._fits.append((node, tuple(parents)))
+        return self._fit_index[key]
+
+    def _plan(self) -> None:
+        """The distinct fits, then the form as weights on their nlls (and edge CMIs as index pairs)."""
+        self._fits: list[tuple[str, tuple[str, ...]]] = []
+        self._fit_index: dict[tuple[str, frozenset[str]], int] = {}
+        weights: dict[int, float] = {}
+        self.edges: list[tuple[Edge, int, int]] = []  # (u -> v, fit without u, fit of v | pa(v))
+        for fam in self.families:
+            graph_fit = self._fit(fam.node, fam.parents)
+            if self.form in ("likelihood", "both"):
+                weights[graph_fit] = weights.get(graph_fit, 0.0) + 1
+            if self.form in ("deviance", "both", "perfect_map"):
+                full_fit = self._fit(fam.node, fam.full)
+                weights[graph_fit] = weights.get(graph_fit, 0.0) + 1
+                weights[full_fit] = weights.get(full_fit, 0.0) - 1
+            for u in fam.parents if self.form == "perfect_map" else ():
+                self.edges.append(((u, fam.node), self._fit(fam.node, [p for p in fam.parents if p != u]), graph_fit))
+        # continuous fits first (one batched solve), then the categorical ones grouped by child (one table each)
+        continuous = [i for i, (v, _) in enumerate(self._fits) if self.spec.code(v).kind == "continuous"]
+        children = dict.fromkeys(v for v, _ in self._fits if self.spec.code(v).kind == "categorical")
+        groups = [[i for i, (v, _) in enumerate(self._fits) if v == child] for child in children]
+        self._order = continuous + [i for group in groups for i in group]
+        position = {fit: k for k, fit in enumerate(self._order)}
+        self._weights = [0.0] * len(self._fits)
+        for fit, w in weights.items():
+            self._weights[position[fit]] = w
+        self.edges = [(edge, position[minus], position[fit]) for edge, minus, fit in self.edges]
+        width = 2 * self.spec.code_dim + 1
+        self._n_continuous = len(continuous)
+        self._child_columns = [self._columns(self._fits[i][0]).start for i in continuous]
+        masks = torch.zeros(len(continuous), width)
+        for row, i in enumerate(continuous):
+            for u in self._fits[i][1]:
+                masks[row, self._columns(u)] = 1.0
+        masks[:, -1] = 1.0  # the intercept
+        self._masks = masks
+        self._n_coefficients = [self.n_coefficients(self._fits[i][1]) for i in continuous]
+        self._categorical_groups = [self._categorical_group(group) for group in groups]
+
+    def _categorical_group(self, group: Sequence[int]) -> tuple[slice, list[list[slice]], torch.Tensor]:
+        """One categorical child's fits: its columns, each fit's parents' columns, and the (M, F) 0/1
+        matrix of which fit each parent configuration belongs to (:func:`categorical_nlls`)."""
+        sizes = [math.prod(self.spec.code(u).dim for u in self._fits[i][1]) for i in group]
+        fits = torch.zeros(sum(sizes), len(group))
+        for f, (start, size) in enumerate(zip(itertools.accumulate([0] + sizes), sizes)):
+            fits[start : start + size, f] = 1.0
+        parents = [[self._columns(u) for u in self._fits[i][1]] for i in group]
+        return self._columns(self._fits[group[0]][0]), parents, fits
+
+    def _constants_on(self, device: torch.device) -> dict:
+        """The plan's tensors on ``device`` (made once per device)."""
+        if device not in self._constants:
+            m = self._masks.to(device)
+            eye = torch.eye(m.shape[1], device=device)
+            self._constants[device] = {
+                "outer": m[:, :, None] * m[:, None, :],  # (F, W, W): where each fit's system keeps S
+                "fill": eye * (1 - m[:, :, None]) + self.ridge * eye * m[:, :, None],  # identity off m, ridge on m
+                "mask": m,
+                "child": torch.tensor(self._child_columns, dtype=torch.long, device=device),
+                "continuous": torch.tensor(  # the columns of Z to standardize, in [c, q]
+                    2 * [code.kind == "continuous" for code in self.spec.codes for _ in range(code.dim)], device=device
+                ),
+                "weights": torch.tensor(self._weights, device=device),
+                "minus": torch.tensor([e[1] for e in self.edges], dtype=torch.long, device=device),
+                "with": torch.tensor([e[2] for e in self.edges], dtype=torch.long, device=device),
+                "groups": [fits.to(device) for _, _, fits in self._categorical_groups],
+            }
+        return self._constants[device]
+
+    # ---- a call ------------------------------------------------------------------------------
 
     def __call__(self, c: torch.Tensor, q_out: torch.Tensor) -> torch.Tensor:
         """R_G per sample for codes c (B, code_dim) fed to G and Q's raw outputs q_out (B, code_dim)."""
-        values = self.node_values(c.float(), q_out.float())
-        total = c.new_zeros((), dtype=torch.float32)
-        for fam in self.families:
-            nll = self._nll(values, fam.node, fam.parents, fam.categorical)
-            if self.form in ("likelihood", "both"):
-                total = total + nll
-            if self.form in ("deviance", "both", "perfect_map"):
-                total = total + nll - self._nll(values, fam.node, fam.full, fam.categorical)
-            if self.form == "perfect_map":
-                for cmi in self._edge_cmi(values, fam, nll).values():
-                    total = total - cmi.clamp_max(self.edge_cap)
+        const = self._constants_on(c.device)
+        nll = self._nlls(self._node_matrix(c.float(), q_out.float(), const), const)
+        total = nll @ const["weights"]
+        if self.form == "perfect_map" and self.edges:
+            total = total - (nll[const["minus"]] - nll[const["with"]]).clamp_max(self.edge_cap).sum()
         return total
 
     def edge_information(self, c: torch.Tensor, q_out: torch.Tensor) -> dict[Edge, torch.Tensor]:
         """CMI(v; u | pa(v) minus u) in nats for every edge u -> v into a q node, uncapped."""
-        values = self.node_values(c.float(), q_out.float())
-        out = {}
-        for fam in self.families:
-            out |= self._edge_cmi(values, fam, self._nll(values, fam.node, fam.parents, fam.categorical))
-        return out
+        if self.form != "perfect_map":  # only perfect_map plans the fits without one parent
+            return StructuralLoss(self.spec, self._parents, "perfect_map", **self._options).edge_information(c, q_out)
+        const = self._constants_on(c.device)
+        nll = self._nlls(self._node_matrix(c.float(), q_out.float(), const), const)
+        return {edge: nll[minus] - nll[fit] for edge, minus, fit in self.edges}
 
-    def _edge_cmi(
-        self, values: Mapping[str, torch.Tensor], fam: _Family, nll: torch.Tensor
-    ) -> dict[Edge, torch.Tensor]:
-        """nll(v | pa minus u) - nll(v | pa) for each parent u, given nll = nll(v | pa)."""
-        return {
-            (u, fam.node): self._nll(values, fam.node, tuple(p for p in fam.parents if p != u), fam.categorical) - nll
-            for u in fam.parents
-        }
+    def _node_matrix(self, c: torch.Tensor, q_out: torch.Tensor, const: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Z = [c, q, 1] (B, W): one-hot / softmax for categorical codes, standardized continuous codes."""
+        if any(code.kind == "categorical" for code in self.spec.codes):
+            parts = self.spec.split(q_out)
+            q_out = torch.cat(
+                [F.softmax(p, 1) if k.kind == "categorical" else p for k, p in zip(self.spec.codes, parts)], 1
+            )
+        x = torch.cat([c, q_out], 1)
+        var, mean = torch.var_mean(x, 0, correction=0, keepdim=True)
+        x = torch.where(const["continuous"], (x - mean) * torch.rsqrt(var + 1e-8), x)
+        return torch.cat([x, x.new_ones(x.shape[0], 1)], 1)
 
-    def node_values(self, c: torch.Tensor, q_out: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each node as a (B, dim) tensor: one-hot or softmax for categorical codes, standardized values
-        for continuous ones."""
-        values = {}
-        for code, ci, qi in zip(self.spec.codes, self.spec.split(c), self.spec.split(q_out)):
-            i = code.name[1:]
-            if code.kind == "categorical":
-                values["c" + i], values["q" + i] = ci, F.softmax(qi, dim=1)
-            else:
-                values["c" + i], values["q" + i] = _standardize(ci), _standardize(qi)
-        return values
+    def _nlls(self, z: torch.Tensor, const: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The nll of every planned fit, continuous ones first: (F,)."""
+        n = z.shape[0]
+        parts = []
+        if self._n_continuous:
+            with torch.no_grad():
+                s = z.T @ z / n  # (W, W)
+                system = s * const["outer"] + const["fill"]  # (F, W, W)
+                # solve_ex: no error check, so no host sync on a GPU (linalg.solve waits for the device to
+                # check for a singular system; one gives NaNs, which the trainer reports as diverged)
+                beta = torch.linalg.solve_ex(system, s[const["child"]] * const["mask"]).result  # (F, W)
+            var = (z[:, const["child"]] - z @ beta.T).pow(2).mean(0)  # (F,)
+            if self.correct:
+                var = var * self._variance_shifts(n, z.device)
+            parts.append(0.5 * torch.log(var.clamp_min(self.floor)) + _HALF_LOG_2PI_E)
+        for (child, parents, _), fits in zip(self._categorical_groups, const["groups"]):
+            weights = torch.cat([configuration_weights([z[:, u] for u in pa], n, z) for pa in parents], 1)
+            parts.append(categorical_nlls(z[:, child], weights, fits, self.alpha, self.correct))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
-    def _nll(
-        self, values: Mapping[str, torch.Tensor], v: str, parents: Sequence[str], categorical: bool
-    ) -> torch.Tensor:
-        if categorical:
-            return categorical_nll(values[v], [values[u] for u in parents], self.alpha, self.correct)
-        child = values[v][:, 0]
-        x = torch.cat([values[u] for u in parents], dim=1) if parents else child.new_zeros(child.shape[0], 0)
-        var = residual_variance(child, x, self.ridge)
-        if self.correct:
-            var = var * math.exp(log_variance_shift(child.shape[0], self.n_coefficients(parents)))
-        return 0.5 * torch.log(var.clamp_min(self.floor)) + _HALF_LOG_2PI_E
+    def _variance_shifts(self, n: int, device: torch.device) -> torch.Tensor:
+        """exp(delta(N, p)) per continuous fit (module docstring), cached per batch size and device."""
+        if (n, device) not in self._shifts:
+            shifts = [math.exp(log_variance_shift(n, p)) for p in self._n_coefficients]
+            self._shifts[n, device] = torch.tensor(shifts, device=device)
+        return self._shifts[n, device]
 
     def n_coefficients(self, parents: Sequence[str]) -> int:
         """Rank of [parents, 1]: 1 + one per continuous parent + k - 1 per categorical parent of k classes
