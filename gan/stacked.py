@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
 from gan.losses import anchor_loss, d_loss, g_loss, info_loss
-from gan.train import Trainer, TrainResult
+from gan.train import TrainConfig, Trainer, TrainResult
 
 Callback = Callable[[int, dict[str, float]], bool | None]
 Checkpoint = Callable[[Trainer], None]
@@ -61,16 +61,7 @@ def check_stackable(trainers: Sequence[Trainer]) -> None:
         values = [getattr(t.cfg, f.name) for t in trainers]
         if f.name not in SHARED_EXEMPT and any(v != values[0] for v in values):
             raise StackError(f"stacked runs may differ only in seed and graph; {f.name} differs: {values}")
-    if first.cfg.lambda_pair > 0:
-        raise StackError(
-            f"lambda_pair={first.cfg.lambda_pair}: intervention pairs have a discriminator of their own, "
-            "which is not stacked; train these runs one at a time"
-        )
-    if first.cfg.precision != "fp32":
-        raise StackError(
-            f"precision={first.cfg.precision!r}: stacked training runs in fp32 only (under vmap, batch norm "
-            "refuses bf16 activations with fp32 running statistics); use precision fp32"
-        )
+    check_config(first.cfg)
     others = {
         "latent spec": [t.spec for t in trainers],
         "device": [t.device for t in trainers],
@@ -83,6 +74,20 @@ def check_stackable(trainers: Sequence[Trainer]) -> None:
         groups = [_hyperparameters(getattr(t, side)) for t in trainers]
         if any(g != groups[0] for g in groups):
             raise StackError(f"stacked runs must share the {side} hyperparameters; got {groups}")
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse a training config whose runs cannot be stacked at all (one line naming the field)."""
+    if cfg.lambda_pair > 0:
+        raise StackError(
+            f"lambda_pair={cfg.lambda_pair}: intervention pairs have a discriminator of their own, "
+            "which is not stacked; train these runs one at a time"
+        )
+    if cfg.precision != "fp32":
+        raise StackError(
+            f"precision={cfg.precision!r}: stacked training runs in fp32 only (torch 2.13's vmapped batch norm "
+            "refused bf16 activations with fp32 running statistics on CPU); use precision fp32"
+        )
 
 
 def _hyperparameters(opt: torch.optim.Optimizer) -> list[dict]:
