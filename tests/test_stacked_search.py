@@ -40,13 +40,14 @@ def _study(runs: Path, name: str) -> optuna.Study:
 @pytest.mark.slow
 def test_stack_2_trains_4_distinct_graphs_as_ordinary_trials(tmp_path) -> None:
     runs = tmp_path / "runs"
-    assert _optimize(runs, "k", 4, "--stack", "2") == 0
+    assert _optimize(runs, "k", 4, "--stack", "2", "--steps", "20") == 0  # the pruner asked at step 10
     study = _study(runs, "k")
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING))
     trained = _trained(study)
     keys = [t.user_attrs["graph_key"] for t in trained]
     assert len(set(keys)) == len(keys) == 4
     assert trained[0].user_attrs["graph_key"] == "c1->q1, c2->q2, c3->q3"  # the independent seed first
+    assert all(set(t.intermediate_values) == {10} for t in trained)  # reported to the (median) pruner
     for repeat in (t for t in study.trials if "duplicate_of" in t.user_attrs):  # answered, not trained
         assert repeat.values == study.trials[repeat.user_attrs["duplicate_of"]].values
 
