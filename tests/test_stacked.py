@@ -1,16 +1,15 @@
 """StackedTrainer: K stacked models compute what K separate Trainers compute.
 
 Why most comparisons run in float64. In fp32 the stacked step's losses equal the separate ones to
-~5e-6 before any update (``test_fp32_first_step_equals_separate_trainers``), but vmap's batched
+~6e-6 before any update (``test_fp32_first_step_equals_separate_trainers``), but vmap's batched
 kernels round in another order, and training itself amplifies rounding: Adam's first updates are
 about lr * sign(gradient), so a gradient element near 0 whose sign rounding flips moves by ~2 lr.
-Measured here (width 0.125, batch 16, 5 steps, mnist codes): a plain Trainer whose one D weight is
-moved by one ulp ends with losses up to 3e-2 and parameters up to 5.5e-3 away from the unmoved
-one, the same size as the stacked-vs-separate fp32 gap (6.8e-2, 6e-3). In float64 rounding is
-1e-16, the stacked parameters equal the separate ones exactly (measured: max difference 0.0 after
-5 steps) and the losses to 5e-7 (info_loss and R_G compute in fp32 by design), so the tolerance
-below (1e-5 for losses, 1e-10 for parameters, buffers and optimizer states) tests the stacking
-itself and nothing else.
+Measured here (width 0.125, batch 16, 5 steps, mnist codes): a plain Trainer whose one weight is
+moved by one ulp ends with losses up to 7.4e-2 and weights up to 5.9e-3 away from the unmoved
+one, the size of the stacked-vs-separate fp32 gap (losses 3.0e-2, weights 3.2e-3). In float64
+(models, data and latents; R_G and info_loss still compute in fp32, by design) the stacked state
+equals the separate one to 6e-14 after 5 steps and the losses to 5e-7, so the tolerances below
+(1e-5 for losses; 1e-10 for weights, batch-norm buffers and Adam states) test the stacking itself.
 """
 
 from __future__ import annotations
@@ -33,22 +32,15 @@ TINY = TrainConfig(n_steps=5, batch_size=16, width=0.125, log_every=1, checkpoin
 LOSS_TOL, STATE_TOL = 1e-5, 1e-10
 
 
-@pytest.fixture
-def float64():
-    """Models, data and latents in float64 (module docstring); the default dtype restored after."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def _data() -> torch.Tensor:
     return torch.rand(256, *SHAPE, generator=torch.Generator().manual_seed(0)) * 2 - 1
 
 
-def _trainer(seed: int, graph: str, cfg: TrainConfig = TINY, **kw) -> Trainer:
-    data = _data()
-    return Trainer(
+def _trainer(seed: int, graph: str, cfg: TrainConfig = TINY, f64: bool = True, **kw) -> Trainer:
+    """A trainer of the tiny net; with ``f64``, its models, data and latents in float64 (module
+    docstring). R_G keeps computing in fp32, as it does by design."""
+    data = _data().double() if f64 else _data()
+    trainer = Trainer(
         dataclasses.replace(cfg, seed=seed),
         SPEC,
         preset(graph, SPEC).parents(),
@@ -57,10 +49,15 @@ def _trainer(seed: int, graph: str, cfg: TrainConfig = TINY, **kw) -> Trainer:
         torch.device("cpu"),
         **kw,
     )
+    if f64:
+        trainer.G.double(), trainer.D.double()  # in place: the optimizers keep their parameters
+        draw = trainer.sample_latents
+        trainer.sample_latents = lambda b, generator=None: tuple(x.double() for x in draw(b, generator))
+    return trainer
 
 
-def _trainers(cfg: TrainConfig = TINY, k: int = 3, **kw) -> list[Trainer]:
-    return [_trainer(s, g, cfg, **kw) for s, g in zip(SEEDS[:k], GRAPHS[:k])]
+def _trainers(cfg: TrainConfig = TINY, k: int = 3, f64: bool = True, **kw) -> list[Trainer]:
+    return [_trainer(s, g, cfg, f64, **kw) for s, g in zip(SEEDS[:k], GRAPHS[:k])]
 
 
 def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -80,20 +77,23 @@ def _assert_same_state(a: Trainer, b: Trainer) -> None:
     assert worst <= STATE_TOL, f"largest difference {worst:.3g}"
 
 
-def _steps(trainers: list[Trainer], stacked: StackedTrainer, n: int, tol: float = LOSS_TOL) -> None:
-    """``n`` steps of both, asserting every loss of every model agrees to ``tol`` at every step."""
+def _steps(trainers: list[Trainer], stacked: StackedTrainer, n: int, relative: bool = False) -> None:
+    """``n`` steps of both, asserting every loss of every model agrees to 1e-5 at every step (with
+    ``relative``, to 1e-5 of the loss where it is above 1 in size)."""
     for step in range(n):
         separate = [t.train_step() for t in trainers]
         together = stacked.train_step()
         for key, values in together.items():
             expected = torch.stack([s[key] for s in separate])
             assert values.shape == (len(trainers),)
-            diff = (values - expected).abs().max().item()
-            assert diff <= tol, f"step {step + 1} {key}: {values.tolist()} != {expected.tolist()}"
+            tol = LOSS_TOL * (expected.abs().clamp_min(1) if relative else 1)
+            assert ((values - expected).abs() <= tol).all(), (
+                f"step {step + 1} {key}: {values.tolist()} != {expected.tolist()}"
+            )
 
 
 @pytest.mark.parametrize("code_prior", ["independent", "graph"])
-def test_stacked_losses_and_state_equal_separate_trainers(float64, code_prior: str) -> None:
+def test_stacked_losses_and_state_equal_separate_trainers(code_prior: str) -> None:
     cfg = dataclasses.replace(TINY, code_prior=code_prior)
     separate = _trainers(cfg)
     stacked = StackedTrainer(_trainers(cfg))
@@ -107,14 +107,16 @@ def test_stacked_losses_and_state_equal_separate_trainers(float64, code_prior: s
 
 
 def test_fp32_first_step_equals_separate_trainers() -> None:
-    separate, stacked = _trainers(), StackedTrainer(_trainers())
-    _steps(separate, stacked, 1)
+    """Before any update, fp32 losses agree to rounding (measured: 6.4e-6 on an R_G of -2.56, 7e-7 on
+    the others; relative, since R_G's closed-form fits amplify the inputs' rounding by its size)."""
+    separate, stacked = _trainers(f64=False), StackedTrainer(_trainers(f64=False))
+    _steps(separate, stacked, 1, relative=True)
 
 
-def test_stacked_with_anchors_equals_separate_trainers(float64) -> None:
+def test_stacked_with_anchors_equals_separate_trainers() -> None:
     cfg = dataclasses.replace(TINY, anchor_labels=8, n_steps=3)
-    images = _data()[:8]
-    targets = torch.cat([torch.eye(10)[torch.arange(8)], torch.rand(8, 2) * 2 - 1], dim=1)  # Q's layout
+    images = _data()[:8].double()
+    targets = torch.cat([torch.eye(10)[torch.arange(8)], torch.rand(8, 2) * 2 - 1], dim=1).double()  # Q's layout
     anchors = Anchors.from_tensor(images, targets, (True, True, False))
     separate = _trainers(cfg, k=2, anchors=anchors)
     stacked = StackedTrainer(_trainers(cfg, k=2, anchors=anchors))
@@ -122,7 +124,7 @@ def test_stacked_with_anchors_equals_separate_trainers(float64) -> None:
     assert (stacked.train_step()["loss/anchor"] > 0).all()
 
 
-def test_a_stacked_checkpoint_is_an_ordinary_one(float64, tmp_path) -> None:
+def test_a_stacked_checkpoint_is_an_ordinary_one(tmp_path) -> None:
     """Stacked for 3 steps, saved, resumed by a plain Trainer for 2: the same as 5 plain steps; and
     plain checkpoints at step 3 restored into trainers that are then stacked: the same again."""
     reference = _trainers(k=2)
@@ -148,7 +150,7 @@ def test_a_stacked_checkpoint_is_an_ordinary_one(float64, tmp_path) -> None:
         _assert_same_state(reference[k], resumed.export(k))
 
 
-def test_run_ends_each_model_on_its_own(float64) -> None:
+def test_run_ends_each_model_on_its_own() -> None:
     """One model stopped by its callback, one diverged, one completed; the NaNs stay in their slice."""
     cfg = dataclasses.replace(TINY, n_steps=6, log_every=2, checkpoint_every=2)
     trainers = _trainers(cfg)
