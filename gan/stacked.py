@@ -223,7 +223,7 @@ class StackedTrainer:
         """Train every model up to ``cfg.n_steps``: :meth:`Trainer.run` for each, side by side.
 
         Every ``log_every`` steps the host syncs once; then, for each model still running, model k's
-        state is exported into trainer k and ``callbacks[k](step, its mean losses)`` is called, which
+        weights are exported into trainer k and ``callbacks[k](step, its mean losses)`` is called, which
         may return True to stop that model. ``checkpoints[k](trainer k)`` runs every
         ``checkpoint_every`` steps, at the end and on a stop. A model that diverged, or was stopped,
         is done: its result and trainer keep the state it ended in. Its slice is still computed
@@ -266,32 +266,36 @@ class StackedTrainer:
         if bad_step >= 0:
             return TrainResult("diverged", bad_step, f"diverged at step {bad_step}: a loss became NaN or infinite")
         self._means[k] = means
-        self.export(k)
-        step, trainer = self.step, self.trainers[k]
+        step, trainer = self.step, self.export(k, optimizer=False)  # what a callback scores
         if callback is not None and callback(step, means) and step < self.cfg.n_steps:
+            self.export(k)  # a stopped model ends as a whole trainer, checkpointed or not
             if checkpoint is not None:
                 checkpoint(trainer)
             return TrainResult("stopped", step, f"stopped at step {step} by the caller", means)
         if checkpoint is not None and self.cfg.checkpoint_every and step % self.cfg.checkpoint_every == 0:
-            checkpoint(trainer)
+            checkpoint(self.export(k))
         return None
 
     # ---- export --------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def export(self, k: int) -> Trainer:
-        """Write model k's parameters, buffers, optimizer states and step into trainer k; returns it.
-
-        Trainer k's ``state_dict``/``save`` is then an ordinary checkpoint of that run."""
+    def export(self, k: int, optimizer: bool = True) -> Trainer:
+        """Write model k's parameters, buffers, step and (unless not ``optimizer``) optimizer states
+        into trainer k; returns it. Trainer k's ``state_dict``/``save`` is then an ordinary
+        checkpoint of that run (the weights alone suffice to score it)."""
         trainer = self.trainers[k]
+        trainer.step = self.step
         for module, params, buffers in (
             (trainer.G, self.g_params, self.g_buffers),
             (trainer.D, self.d_params, self.d_buffers),
         ):
+            stacked = params | buffers
             for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-                tensor.copy_((params | buffers)[name][k])
-        for stacked, own in ((self.opt_g, trainer.opt_g), (self.opt_d, trainer.opt_d)):
-            state = stacked.state_dict()
+                tensor.copy_(stacked[name][k])
+        if not optimizer:
+            return trainer
+        for opt, own in ((self.opt_g, trainer.opt_g), (self.opt_d, trainer.opt_d)):
+            state = opt.state_dict()
             own.load_state_dict(
                 {
                     "state": {
@@ -301,7 +305,6 @@ class StackedTrainer:
                     "param_groups": own.state_dict()["param_groups"],
                 }
             )
-        trainer.step = self.step
         return trainer
 
     def state_dict(self, k: int) -> dict:
