@@ -158,9 +158,7 @@ class StackedTrainer:
         info = torch.vmap(partial(info_loss, self.spec))(c, q_out)
         if self.cfg.lambda_struct <= 0:
             return info, info.new_zeros(len(self))
-        with torch.autocast(self.device.type, enabled=False):  # the closed-form solve stays fp32
-            q32 = q_out.float()
-            return info, torch.stack([t.struct(c[k], q32[k]) for k, t in enumerate(self.trainers)])
+        return info, torch.stack([t.struct(c[k], q_out[k]) for k, t in enumerate(self.trainers)])
 
     def _anchor_term(self) -> Tensor:
         """Each model's anchors' supervised term (K,) on a fresh batch of its own anchors."""
@@ -177,30 +175,28 @@ class StackedTrainer:
         return real, z, c
 
     def train_step(self) -> dict[str, Tensor]:
-        """One D/Q update and one G update of every model, as :meth:`Trainer.train_step` does for one;
-        returns the detached losses, each (K,) (no host sync)."""
+        """One D/Q update and one G update of every model, as :meth:`Trainer.train_step` does for one
+        (in fp32: :func:`check_config`); returns the detached losses, each (K,) (no host sync)."""
         cfg = self.cfg
         real, z, c = self._draw()
-        with self.trainers[0]._autocast():
-            fake = self._g(z, c)
-            real_logit, _ = self._d(real)
-            fake_logit, q_out = self._d(fake.detach())
-            info, struct = self._code_terms(c, q_out)
-            adversarial = torch.vmap(partial(d_loss, kind=cfg.gan_loss))(real_logit, fake_logit)
-            loss_d = adversarial + cfg.lambda_info * info + cfg.lambda_struct * struct
-            anchor = torch.zeros(len(self), device=self.device)
-            if self.trainers[0].anchors is not None:
-                anchor = self._anchor_term()
-                loss_d = loss_d + cfg.lambda_anchor * anchor
+        fake = self._g(z, c)
+        real_logit, _ = self._d(real)
+        fake_logit, q_out = self._d(fake.detach())
+        info, struct = self._code_terms(c, q_out)
+        adversarial = torch.vmap(partial(d_loss, kind=cfg.gan_loss))(real_logit, fake_logit)
+        loss_d = adversarial + cfg.lambda_info * info + cfg.lambda_struct * struct
+        anchor = torch.zeros(len(self), device=self.device)
+        if self.trainers[0].anchors is not None:
+            anchor = self._anchor_term()
+            loss_d = loss_d + cfg.lambda_anchor * anchor
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.sum().backward()  # the models share no parameter: each slice gets its own gradient
         self.opt_d.step()
 
-        with self.trainers[0]._autocast():
-            fake_logit, q_out = self._d(fake)
-            info, struct = self._code_terms(c, q_out)
-            adversarial = torch.vmap(partial(g_loss, kind=cfg.gan_loss))(fake_logit)
-            loss_g = adversarial + cfg.lambda_info * info + cfg.lambda_struct * struct
+        fake_logit, q_out = self._d(fake)
+        info, struct = self._code_terms(c, q_out)
+        adversarial = torch.vmap(partial(g_loss, kind=cfg.gan_loss))(fake_logit)
+        loss_g = adversarial + cfg.lambda_info * info + cfg.lambda_struct * struct
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.sum().backward()
         self.opt_g.step()
