@@ -335,7 +335,7 @@ class StructuralLoss:
         width = 2 * self.spec.code_dim + 1
         self._n_continuous = len(continuous)
         self._child_columns = [self._columns(self._fits[i][0]).start for i in continuous]
-        masks = torch.zeros(len(continuous), width)
+        masks = torch.zeros(len(continuous), width, dtype=torch.float32)
         for row, i in enumerate(continuous):
             for u in self._fits[i][1]:
                 masks[row, self._columns(u)] = 1.0
@@ -348,7 +348,7 @@ class StructuralLoss:
         """One categorical child's fits: its columns, each fit's parents' columns, and the (M, F) 0/1
         matrix of which fit each parent configuration belongs to (:func:`categorical_nlls`)."""
         sizes = [math.prod(self.spec.code(u).dim for u in self._fits[i][1]) for i in group]
-        fits = torch.zeros(sum(sizes), len(group))
+        fits = torch.zeros(sum(sizes), len(group), dtype=torch.float32)
         for f, (start, size) in enumerate(zip(itertools.accumulate([0] + sizes), sizes)):
             fits[start : start + size, f] = 1.0
         parents = [[self._columns(u) for u in self._fits[i][1]] for i in group]
@@ -358,7 +358,7 @@ class StructuralLoss:
         """The plan's tensors on ``device`` (made once per device)."""
         if device not in self._constants:
             m = self._masks.to(device)
-            eye = torch.eye(m.shape[1], device=device)
+            eye = torch.eye(m.shape[1], dtype=torch.float32, device=device)
             self._constants[device] = {
                 "outer": m[:, :, None] * m[:, None, :],  # (F, W, W): where each fit's system keeps S
                 "fill": eye * (1 - m[:, :, None]) + self.ridge * eye * m[:, :, None],  # identity off m, ridge on m
@@ -367,7 +367,7 @@ class StructuralLoss:
                 "continuous": torch.tensor(  # the columns of Z to standardize, in [c, q]
                     2 * [code.kind == "continuous" for code in self.spec.codes for _ in range(code.dim)], device=device
                 ),
-                "weights": torch.tensor(self._weights, device=device),
+                "weights": torch.tensor(self._weights, dtype=torch.float32, device=device),
                 "minus": torch.tensor([e[1] for e in self.edges], dtype=torch.long, device=device),
                 "with": torch.tensor([e[2] for e in self.edges], dtype=torch.long, device=device),
                 "groups": [fits.to(device) for _, _, fits in self._categorical_groups],
@@ -429,7 +429,7 @@ class StructuralLoss:
         """exp(delta(N, p)) per continuous fit (module docstring), cached per batch size and device."""
         if (n, device) not in self._shifts:
             shifts = [math.exp(log_variance_shift(n, p)) for p in self._n_coefficients]
-            self._shifts[n, device] = torch.tensor(shifts, device=device)
+            self._shifts[n, device] = torch.tensor(shifts, dtype=torch.float32, device=device)
         return self._shifts[n, device]
 
     def n_coefficients(self, parents: Sequence[str]) -> int:

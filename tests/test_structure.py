@@ -484,3 +484,17 @@ def test_each_distinct_fit_is_computed_once() -> None:
     assert len(complete._fits) == len(spec.codes)
     collider = StructuralLoss(spec, Graph.parse("q1->q3, q2->q3", spec).parents(), "deviance")
     assert len(collider._fits) == 2 * len(spec.codes)
+
+
+def test_the_plan_is_float32_whatever_the_default_dtype() -> None:
+    """R_G computes in fp32 (its inputs are cast); its planned constants must be too, or a process
+    with a float64 default dtype fails in the solve."""
+    spec = get_spec("mnist")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        loss = StructuralLoss(spec, Graph.parse("q1->q3, q2->q3", spec).parents())
+        _, c = spec.sample(64, torch.Generator().manual_seed(0))
+        assert torch.isfinite(loss(c, torch.randn(64, spec.code_dim)))
+    finally:
+        torch.set_default_dtype(previous)
