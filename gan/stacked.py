@@ -16,8 +16,9 @@ What stays per model, so that model k computes what ``Trainer(cfg_k, ...)`` alon
   averages in place (vmap accepts an in-place update of a batched buffer; it refuses only an
   unbatched one, which is why ``replace_all_batch_norm_modules_`` exists, and that would drop the
   running statistics the scores read);
-* R_G: each model has its own graph, so trainer k's ``StructuralLoss`` is called on slice k (a loop
-  over K: the one part of a step whose op count grows with K);
+* R_G: each model has its own graph; :class:`gan.structure.StackedStructuralLoss` computes all K
+  graphs' fits in one batched solve (graphs with fewer fits padded with fits of weight 0), so its
+  op count does not grow with K but for the categorical codes' configuration weights;
 * the optimizers: one Adam per side over the stacked (K, ...) tensors. Adam is elementwise, and its
   step count and bias corrections are shared by all K, so it equals K Adams given the same
   hyperparameters (checked).
@@ -40,6 +41,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
 from gan.losses import anchor_loss, d_loss, g_loss, info_loss
+from gan.structure import StackedStructuralLoss
 from gan.train import TrainConfig, Trainer, TrainResult
 
 Callback = Callable[[int, dict[str, float]], bool | None]
@@ -115,6 +117,8 @@ class StackedTrainer:
         self.g_base, self.d_base = (copy.deepcopy(m).to("meta").train() for m in (first.G, first.D))
         self.opt_g = self._stacked_adam(first.opt_g, self.g_params, [t.opt_g for t in self.trainers])
         self.opt_d = self._stacked_adam(first.opt_d, self.d_params, [t.opt_d for t in self.trainers])
+        # every model's R_G on its own graph, in one batched solve (configs equal but for seed: one spec and options)
+        self.struct = StackedStructuralLoss([t.struct for t in self.trainers]) if first.struct is not None else None
         self._means: list[dict[str, float]] = [{} for _ in self.trainers]  # each model's last logged means
 
     def __len__(self) -> int:
@@ -154,11 +158,11 @@ class StackedTrainer:
         return torch.vmap(partial(_call_q, self.d_base))(self.d_params, self.d_buffers, x)
 
     def _code_terms(self, c: Tensor, q_out: Tensor) -> tuple[Tensor, Tensor]:
-        """InfoGAN's term (K,) vmapped, R_G (K,) per model on its own graph."""
+        """InfoGAN's term (K,) vmapped, R_G (K,) of every model on its own graph, batched."""
         info = torch.vmap(partial(info_loss, self.spec))(c, q_out)
-        if self.cfg.lambda_struct <= 0:
+        if self.struct is None:
             return info, info.new_zeros(len(self))
-        return info, torch.stack([t.struct(c[k], q_out[k]) for k, t in enumerate(self.trainers)])
+        return info, self.struct(c, q_out)
 
     def _anchor_term(self) -> Tensor:
         """Each model's anchors' supervised term (K,) on a fresh batch of its own anchors."""

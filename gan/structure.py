@@ -173,30 +173,34 @@ def categorical_nll(
         weight of parent configuration m, theta[k | m] = (sum_n w_nm p_nk + alpha) / (sum_n w_nm + k alpha).
     """
     weights = configuration_weights(parents, child.shape[0], child)
-    return categorical_nlls(child, weights, weights.new_ones(weights.shape[1], 1), alpha, correct)[0]
+    fits = weights.new_ones(1, weights.shape[1], 1)
+    return categorical_nlls(child[None], weights[None], fits, alpha, correct)[0, 0]
 
 
 def categorical_nlls(
     child: torch.Tensor, weights: torch.Tensor, fits: torch.Tensor, alpha: float = 0.1, correct: bool = False
 ) -> torch.Tensor:
-    """:func:`categorical_nll` of one child under several parent sets at once: (F,).
+    """:func:`categorical_nll` of one child under several parent sets at once, for K independent
+    problems (K stacked models): child (K, N, k), weights (K, N, M), fits (K, M, F) -> (K, F).
 
-    ``weights`` (N, M) holds the F fits' configuration weights side by side, and ``fits`` (M, F)
-    says which fit each configuration belongs to (0/1). Every configuration's CPT row depends on
-    its own soft counts only, so one table serves all F fits, and each fit's nll (and jackknife
-    bias) is the sum of its rows' terms.
+    ``weights`` holds the F fits' configuration weights side by side, and ``fits`` says which fit
+    each configuration belongs to (0/1). Every configuration's CPT row depends on its own soft
+    counts only, so one table serves all F fits, and each fit's nll (and jackknife bias) is the
+    sum of its rows' terms. A configuration column of zero weight adds nothing, so problems of
+    different M are padded with zeros.
     """
-    n, k = child.shape
+    n, k = child.shape[1:]
     with torch.no_grad():
-        counts = weights.T @ child  # (M, k)
-        theta = (counts + alpha) / (counts.sum(1, keepdim=True) + k * alpha)
-        bias = _jackknife_bias(child, weights, counts, alpha) @ fits if correct and n > 1 else 0.0
-    return -((weights * (child @ theta.log().T)).mean(0) @ fits) - bias
+        counts = torch.bmm(weights.transpose(1, 2), child)  # (K, M, k)
+        theta = (counts + alpha) / (counts.sum(2, keepdim=True) + k * alpha)
+        bias = (_jackknife_bias(child, weights, counts, alpha)[..., None] * fits).sum(1) if correct and n > 1 else 0.0
+    rows = (weights * torch.bmm(child, theta.log().transpose(1, 2))).mean(1)  # (K, M)
+    return -(rows[..., None] * fits).sum(1) - bias
 
 
 def _jackknife_bias(child: torch.Tensor, weights: torch.Tensor, counts: torch.Tensor, alpha: float) -> torch.Tensor:
-    r"""(N - 1)(mean_n nll_(-n) - nll) per configuration row (M,): summed over a fit's rows, the jackknife
-    estimate of E[in-sample nll] - population nll.
+    r"""(N - 1)(mean_n nll_(-n) - nll) per configuration row, (K, M): summed over a fit's rows, the
+    jackknife estimate of E[in-sample nll] - population nll.
 
     nll = -1/N sum_{m,k} S_mk log theta_mk with soft counts S = w^T p, W_m = sum_k S_mk. Leaving
     sample n out gives S^(-n) = S - w_n p_n, W^(-n) = W - w_n, and (N - 1) nll_(-n) =
@@ -206,12 +210,13 @@ def _jackknife_bias(child: torch.Tensor, weights: torch.Tensor, counts: torch.Te
         D_nmk = log1p(-w_nm p_nk / (S_mk + alpha)) - log1p(-w_nm / (W_m + k alpha)),
 
     which keeps float32 accurate at any N (the difference of the two nlls, times N - 1, does not).
-    Costs one (N, M, k) tensor.
+    Costs one (K, N, M, k) tensor.
     """
-    k = child.shape[1]
-    wp = weights[:, :, None] * child[:, None, :]  # (N, M, k): sample n's soft counts
-    log_ratio = torch.log1p(-wp / (counts + alpha)) - torch.log1p(-weights / (counts.sum(1) + k * alpha))[:, :, None]
-    return -((counts - wp) * log_ratio).sum(2).mean(0)
+    k = child.shape[2]
+    counts = counts[:, None]  # (K, 1, M, k)
+    wp = weights[..., None] * child[:, :, None, :]  # (K, N, M, k): sample n's soft counts
+    log_ratio = torch.log1p(-wp / (counts + alpha)) - torch.log1p(-weights / (counts.sum(3) + k * alpha))[..., None]
+    return -((counts - wp) * log_ratio).sum(3).mean(1)
 
 
 # ---- the regularizer -----------------------------------------------------------------------
@@ -230,15 +235,8 @@ class StructuralLoss:
 
     Every form is a signed sum of local nlls, each the fit of one child on one parent set: the
     graph's families, the saturated model's, and (``perfect_map``) each family less one parent.
-    The plan lists each distinct fit once (the complete graph's families are the saturated ones)
-    and a call computes them together. Continuous fits come from one matrix: Z = [c, q, 1] (B, W)
-    with categorical codes as one-hot rows or Q's softmax and continuous ones standardized, and
-    its second moments S = Z^T Z / B. The fit of column y on the columns in mask m solves
-    (S_mm + ridge I) beta = S_my, every fit in one batched solve (each fit's system is S masked
-    to its columns, with the identity elsewhere, so beta is zero off m), and its variance is
-    mean_n (Z_ny - Z_n beta)^2 for all fits from one matmul: R = Z[:, y] - Z beta^T (B, F).
-    That is exactly :func:`residual_variance` on [parents, 1], fit by fit; beta is detached
-    (envelope theorem) as there. Categorical children keep their soft-count CPTs, one per fit.
+    The plan lists each distinct fit once (the complete graph's families are the saturated ones);
+    :class:`StackedStructuralLoss` computes them together, for one graph or for K at once.
 
     Args:
         spec: the latent spec (which codes are categorical).
@@ -286,10 +284,111 @@ class StructuralLoss:
         self._options = dict(floor=floor, ridge=ridge, alpha=alpha, edge_cap=edge_cap, correction=correction)
         self._parents = pa
         self._plan()
+        self._stacked = StackedStructuralLoss([self])
+
+    def _plan(self) -> None:
+        """The distinct fits, continuous ones first, then the categorical ones grouped by child; the
+        form as weights on their nlls, and the edge CMIs as pairs of fit positions."""
+        fits: list[tuple[str, tuple[str, ...]]] = []
+        index: dict[tuple[str, frozenset[str]], int] = {}
+
+        def fit(node: str, parents: Sequence[str]) -> int:
+            key = (node, frozenset(parents))
+            if key not in index:
+                index[key] = len(fits)
+                fits.append((node, tuple(parents)))
+            return index[key]
+
+        weights: dict[int, float] = {}
+        edges: list[tuple[Edge, int, int]] = []  # (u -> v, fit without u, fit of v | pa(v))
+        for fam in self.families:
+            graph_fit = fit(fam.node, fam.parents)
+            if self.form in ("likelihood", "both"):
+                weights[graph_fit] = weights.get(graph_fit, 0.0) + 1
+            if self.form in ("deviance", "both", "perfect_map"):
+                full_fit = fit(fam.node, fam.full)
+                weights[graph_fit] = weights.get(graph_fit, 0.0) + 1
+                weights[full_fit] = weights.get(full_fit, 0.0) - 1
+            for u in fam.parents if self.form == "perfect_map" else ():
+                edges.append(((u, fam.node), fit(fam.node, [p for p in fam.parents if p != u]), graph_fit))
+        kind = {i: self.spec.code(v).kind for i, (v, _) in enumerate(fits)}
+        continuous = [i for i in range(len(fits)) if kind[i] == "continuous"]
+        children = dict.fromkeys(v for i, (v, _) in enumerate(fits) if kind[i] == "categorical")
+        groups = {child: [i for i, (v, _) in enumerate(fits) if v == child] for child in children}
+        order = continuous + [i for group in groups.values() for i in group]
+        position = {fit: k for k, fit in enumerate(order)}
+        self.fits = [fits[i] for i in order]  # (child, parents) in nll order
+        self.n_continuous = len(continuous)
+        self.groups = {child: [position[i] for i in group] for child, group in groups.items()}
+        self.weights = [weights.get(i, 0.0) for i in order]
+        self.edges = [(edge, position[minus], position[fit]) for edge, minus, fit in edges]
+
+    # ---- a call ------------------------------------------------------------------------------
+
+    def __call__(self, c: torch.Tensor, q_out: torch.Tensor) -> torch.Tensor:
+        """R_G per sample for codes c (B, code_dim) fed to G and Q's raw outputs q_out (B, code_dim)."""
+        return self._stacked(c[None], q_out[None])[0]
+
+    def edge_information(self, c: torch.Tensor, q_out: torch.Tensor) -> dict[Edge, torch.Tensor]:
+        """CMI(v; u | pa(v) minus u) in nats for every edge u -> v into a q node, uncapped."""
+        if self.form != "perfect_map":  # only perfect_map plans the fits without one parent
+            return StructuralLoss(self.spec, self._parents, "perfect_map", **self._options).edge_information(c, q_out)
+        nll = self._stacked.nlls(c[None], q_out[None])[0]
+        return {edge: nll[minus] - nll[fit] for edge, minus, fit in self.edges}
+
+    def n_coefficients(self, parents: Sequence[str]) -> int:
+        """Rank of [parents, 1]: 1 + one per continuous parent + k - 1 per categorical parent of k classes
+        (its columns sum to 1, the intercept)."""
+        return 1 + sum(self.spec.code(u).dim - (self.spec.code(u).kind == "categorical") for u in parents)
+
+
+class StackedStructuralLoss:
+    r"""The R_G of K graphs over one latent spec at once: ``loss(c, q_out)`` with c and q_out
+    (K, B, code_dim), model k's under ``losses[k]``, -> (K,). K = 1 is how one graph is computed.
+
+    Continuous fits come from one matrix per model: Z = [c, q, 1] (B, W) with categorical codes
+    as one-hot rows or Q's softmax and continuous ones standardized, and its second moments
+    S = Z^T Z / B. The fit of column y on the columns in mask m solves (S_mm + ridge I) beta =
+    S_my, every fit of every model in one batched solve (each fit's system is its model's S
+    masked to its columns, with the identity elsewhere, so beta is zero off m), and its variance
+    is mean_n (Z_ny - Z_n beta)^2, all fits from one batched matmul: R = Z[:, y] - Z beta^T (B, F).
+    That is exactly :func:`residual_variance` on [parents, 1], fit by fit; beta is detached
+    (envelope theorem) as there. The fits of one categorical child share one soft-count table
+    (:func:`categorical_nlls`). Models with fewer fits are padded with fits of weight 0 (the
+    intercept alone; a configuration column of zero weight), which add exactly nothing.
+    """
+
+    def __init__(self, losses: Sequence[StructuralLoss]) -> None:
+        first = losses[0]
+        for loss in losses[1:]:
+            same = (loss.spec, loss.floor, loss.ridge, loss.alpha, loss.edge_cap, loss.correct)
+            if same != (first.spec, first.floor, first.ridge, first.alpha, first.edge_cap, first.correct):
+                raise ValueError(
+                    "stacked structural losses must share the latent spec, floor, ridge, alpha, edge cap and correction"
+                )
+        self.losses, self.spec = list(losses), first.spec
+        self.floor, self.ridge, self.alpha, self.edge_cap, self.correct = (
+            first.floor,
+            first.ridge,
+            first.alpha,
+            first.edge_cap,
+            first.correct,
+        )
+        self.n_continuous = max(loss.n_continuous for loss in losses)
+        self.children = list(dict.fromkeys(child for loss in losses for child in loss.groups))
+        sizes = {child: max(len(loss.groups.get(child, ())) for loss in losses) for child in self.children}
+        self._offsets = dict(zip(self.children, itertools.accumulate([self.n_continuous] + list(sizes.values()))))
+        self.n_fits = self.n_continuous + sum(sizes.values())
+        self._slots = [self._slots_of(loss, sizes) for loss in losses]  # each model's nll positions, padded
         self._constants: dict[torch.device, dict] = {}
         self._shifts: dict[tuple[int, torch.device], torch.Tensor] = {}
 
-    # ---- the plan: which fits, and how the form combines them ----------------------------------
+    def _slots_of(self, loss: StructuralLoss, sizes: Mapping[str, int]) -> list[int]:
+        """Where each of ``loss``'s fits sits in the padded layout [continuous | child 1 | child 2 ...]."""
+        slots = list(range(loss.n_continuous))
+        for child in self.children:
+            slots += [self._offsets[child] + j for j in range(len(loss.groups.get(child, ())))]
+        return slots
 
     def _columns(self, node: str) -> slice:
         """Columns of ``node`` in Z = [c, q, 1]."""
@@ -298,144 +397,132 @@ class StructuralLoss:
         start = offset + sum(code.dim for code in self.spec.codes[:i])
         return slice(start, start + self.spec.codes[i].dim)
 
-    def _fit(self, node: str, parents: Sequence[str]) -> int:
-        """Index of the fit of ``node`` on ``parents`` in the call's nll vector, planned once."""
-        key = (node, frozenset(parents))
-        if key not in self._fit_index:
-            self._fit_index[key] = len(self._fits)
-            self._fits.append((node, tuple(parents)))
-        return self._fit_index[key]
-
-    def _plan(self) -> None:
-        """The distinct fits, then the form as weights on their nlls (and edge CMIs as index pairs)."""
-        self._fits: list[tuple[str, tuple[str, ...]]] = []
-        self._fit_index: dict[tuple[str, frozenset[str]], int] = {}
-        weights: dict[int, float] = {}
-        self.edges: list[tuple[Edge, int, int]] = []  # (u -> v, fit without u, fit of v | pa(v))
-        for fam in self.families:
-            graph_fit = self._fit(fam.node, fam.parents)
-            if self.form in ("likelihood", "both"):
-                weights[graph_fit] = weights.get(graph_fit, 0.0) + 1
-            if self.form in ("deviance", "both", "perfect_map"):
-                full_fit = self._fit(fam.node, fam.full)
-                weights[graph_fit] = weights.get(graph_fit, 0.0) + 1
-                weights[full_fit] = weights.get(full_fit, 0.0) - 1
-            for u in fam.parents if self.form == "perfect_map" else ():
-                self.edges.append(((u, fam.node), self._fit(fam.node, [p for p in fam.parents if p != u]), graph_fit))
-        # continuous fits first (one batched solve), then the categorical ones grouped by child (one table each)
-        continuous = [i for i, (v, _) in enumerate(self._fits) if self.spec.code(v).kind == "continuous"]
-        children = dict.fromkeys(v for v, _ in self._fits if self.spec.code(v).kind == "categorical")
-        groups = [[i for i, (v, _) in enumerate(self._fits) if v == child] for child in children]
-        self._order = continuous + [i for group in groups for i in group]
-        position = {fit: k for k, fit in enumerate(self._order)}
-        self._weights = [0.0] * len(self._fits)
-        for fit, w in weights.items():
-            self._weights[position[fit]] = w
-        self.edges = [(edge, position[minus], position[fit]) for edge, minus, fit in self.edges]
-        width = 2 * self.spec.code_dim + 1
-        self._n_continuous = len(continuous)
-        self._child_columns = [self._columns(self._fits[i][0]).start for i in continuous]
-        masks = torch.zeros(len(continuous), width, dtype=torch.float32)
-        for row, i in enumerate(continuous):
-            for u in self._fits[i][1]:
-                masks[row, self._columns(u)] = 1.0
-        masks[:, -1] = 1.0  # the intercept
-        self._masks = masks
-        self._n_coefficients = [self.n_coefficients(self._fits[i][1]) for i in continuous]
-        self._categorical_groups = [self._categorical_group(group) for group in groups]
-
-    def _categorical_group(self, group: Sequence[int]) -> tuple[slice, list[list[slice]], torch.Tensor]:
-        """One categorical child's fits: its columns, each fit's parents' columns, and the (M, F) 0/1
-        matrix of which fit each parent configuration belongs to (:func:`categorical_nlls`)."""
-        sizes = [math.prod(self.spec.code(u).dim for u in self._fits[i][1]) for i in group]
-        fits = torch.zeros(sum(sizes), len(group), dtype=torch.float32)
-        for f, (start, size) in enumerate(zip(itertools.accumulate([0] + sizes), sizes)):
-            fits[start : start + size, f] = 1.0
-        parents = [[self._columns(u) for u in self._fits[i][1]] for i in group]
-        return self._columns(self._fits[group[0]][0]), parents, fits
+    # ---- the plan as tensors -------------------------------------------------------------------
 
     def _constants_on(self, device: torch.device) -> dict:
         """The plan's tensors on ``device`` (made once per device)."""
-        if device not in self._constants:
-            m = self._masks.to(device)
-            eye = torch.eye(m.shape[1], dtype=torch.float32, device=device)
-            self._constants[device] = {
-                "outer": m[:, :, None] * m[:, None, :],  # (F, W, W): where each fit's system keeps S
-                "fill": eye * (1 - m[:, :, None]) + self.ridge * eye * m[:, :, None],  # identity off m, ridge on m
-                "mask": m,
-                "child": torch.tensor(self._child_columns, dtype=torch.long, device=device),
-                "continuous": torch.tensor(  # the columns of Z to standardize, in [c, q]
-                    2 * [code.kind == "continuous" for code in self.spec.codes for _ in range(code.dim)], device=device
-                ),
-                "weights": torch.tensor(self._weights, dtype=torch.float32, device=device),
-                "minus": torch.tensor([e[1] for e in self.edges], dtype=torch.long, device=device),
-                "with": torch.tensor([e[2] for e in self.edges], dtype=torch.long, device=device),
-                "groups": [fits.to(device) for _, _, fits in self._categorical_groups],
-            }
-        return self._constants[device]
+        if device in self._constants:
+            return self._constants[device]
+        k, f, width = len(self.losses), self.n_continuous, 2 * self.spec.code_dim + 1
+        masks = torch.zeros(k, f, width, dtype=torch.float32)
+        masks[:, :, -1] = 1.0  # the intercept; a padding fit has nothing else
+        child = torch.full((k, f), width - 1, dtype=torch.long)  # a padding fit explains the intercept: var 0
+        weights = torch.zeros(k, self.n_fits, dtype=torch.float32)
+        n_edges = max(len(loss.edges) for loss in self.losses)
+        minus, with_ = torch.zeros(k, n_edges, dtype=torch.long), torch.zeros(k, n_edges, dtype=torch.long)
+        self._n_coefficients = [[1] * f for _ in self.losses]
+        for m, (loss, slots) in enumerate(zip(self.losses, self._slots)):
+            for j, (v, parents) in enumerate(loss.fits[: loss.n_continuous]):
+                child[m, j] = self._columns(v).start
+                for u in parents:
+                    masks[m, j, self._columns(u)] = 1.0
+                self._n_coefficients[m][j] = loss.n_coefficients(parents)
+            weights[m, slots] = torch.tensor(loss.weights, dtype=torch.float32)
+            for e, (_, a, b) in enumerate(loss.edges):
+                minus[m, e], with_[m, e] = slots[a], slots[b]
+        eye = torch.eye(width, dtype=torch.float32)
+        continuous = [code.kind == "continuous" for code in self.spec.codes for _ in range(code.dim)]
+        const = {
+            "outer": masks[..., :, None] * masks[..., None, :],  # (K, F, W, W): where each fit's system keeps S
+            "fill": eye * (1 - masks[..., :, None])
+            + self.ridge * eye * masks[..., :, None],  # identity off m, ridge on m
+            "mask": masks,
+            "child": child,
+            "continuous": torch.tensor(2 * continuous),  # the columns of Z to standardize, in [c, q]
+            "weights": weights,
+            "minus": minus,
+            "with": with_,
+            "groups": {child: self._group_fits(child) for child in self.children},
+        }
+        const = {
+            key: value.to(device) if torch.is_tensor(value) else {g: x.to(device) for g, x in value.items()}
+            for key, value in const.items()
+        }
+        self._constants[device] = const
+        return const
+
+    def _group_parents(self, loss: StructuralLoss, child: str) -> list[list[slice]]:
+        return [[self._columns(u) for u in loss.fits[j][1]] for j in loss.groups.get(child, ())]
+
+    def _group_fits(self, child: str) -> torch.Tensor:
+        """(K, M, F_child) 0/1: which fit each parent configuration of ``child`` belongs to, padded."""
+        dims = [
+            [math.prod(self.spec.code(u).dim for u in loss.fits[j][1]) for j in loss.groups.get(child, ())]
+            for loss in self.losses
+        ]
+        n_configurations = max(sum(d) for d in dims)
+        fits = torch.zeros(len(self.losses), n_configurations, max(len(d) for d in dims), dtype=torch.float32)
+        for m, d in enumerate(dims):
+            for f, (start, size) in enumerate(zip(itertools.accumulate([0] + d), d)):
+                fits[m, start : start + size, f] = 1.0
+        return fits
 
     # ---- a call ------------------------------------------------------------------------------
 
     def __call__(self, c: torch.Tensor, q_out: torch.Tensor) -> torch.Tensor:
-        """R_G per sample for codes c (B, code_dim) fed to G and Q's raw outputs q_out (B, code_dim)."""
+        """R_G per sample of each model: c, q_out (K, B, code_dim) -> (K,)."""
         const = self._constants_on(c.device)
-        nll = self._nlls(self._node_matrix(c.float(), q_out.float(), const), const)
-        total = nll @ const["weights"]
-        if self.form == "perfect_map" and self.edges:
-            total = total - (nll[const["minus"]] - nll[const["with"]]).clamp_max(self.edge_cap).sum()
+        nll = self.nlls(c, q_out, const)
+        total = (nll * const["weights"]).sum(-1)
+        if const["minus"].shape[1]:  # perfect_map's edges (padded with an edge from a fit to itself: 0)
+            cmi = nll.gather(1, const["minus"]) - nll.gather(1, const["with"])
+            total = total - cmi.clamp_max(self.edge_cap).sum(-1)
         return total
 
-    def edge_information(self, c: torch.Tensor, q_out: torch.Tensor) -> dict[Edge, torch.Tensor]:
-        """CMI(v; u | pa(v) minus u) in nats for every edge u -> v into a q node, uncapped."""
-        if self.form != "perfect_map":  # only perfect_map plans the fits without one parent
-            return StructuralLoss(self.spec, self._parents, "perfect_map", **self._options).edge_information(c, q_out)
-        const = self._constants_on(c.device)
-        nll = self._nlls(self._node_matrix(c.float(), q_out.float(), const), const)
-        return {edge: nll[minus] - nll[fit] for edge, minus, fit in self.edges}
-
-    def _node_matrix(self, c: torch.Tensor, q_out: torch.Tensor, const: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Z = [c, q, 1] (B, W): one-hot / softmax for categorical codes, standardized continuous codes."""
-        if any(code.kind == "categorical" for code in self.spec.codes):
-            parts = self.spec.split(q_out)
-            q_out = torch.cat(
-                [F.softmax(p, 1) if k.kind == "categorical" else p for k, p in zip(self.spec.codes, parts)], 1
-            )
-        x = torch.cat([c, q_out], 1)
-        var, mean = torch.var_mean(x, 0, correction=0, keepdim=True)
-        x = torch.where(const["continuous"], (x - mean) * torch.rsqrt(var + 1e-8), x)
-        return torch.cat([x, x.new_ones(x.shape[0], 1)], 1)
-
-    def _nlls(self, z: torch.Tensor, const: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The nll of every planned fit, continuous ones first: (F,)."""
-        n = z.shape[0]
+    def nlls(self, c: torch.Tensor, q_out: torch.Tensor, const: Mapping | None = None) -> torch.Tensor:
+        """The nll of every planned fit of every model, (K, n_fits) in the padded layout (a model's
+        own fits at ``_slots``)."""
+        const = const or self._constants_on(c.device)
+        z = self._node_matrix(c.float(), q_out.float(), const)
+        k, n = z.shape[:2]
         parts = []
-        if self._n_continuous:
+        if self.n_continuous:
             with torch.no_grad():
-                s = z.T @ z / n  # (W, W)
-                system = s * const["outer"] + const["fill"]  # (F, W, W)
+                s = torch.bmm(z.transpose(1, 2), z) / n  # (K, W, W)
+                system = s[:, None] * const["outer"] + const["fill"]  # (K, F, W, W)
+                rhs = s.gather(1, const["child"][..., None].expand(-1, -1, s.shape[2])) * const["mask"]  # (K, F, W)
                 # solve_ex: no error check, so no host sync on a GPU (linalg.solve waits for the device to
                 # check for a singular system; one gives NaNs, which the trainer reports as diverged)
-                beta = torch.linalg.solve_ex(system, s[const["child"]] * const["mask"]).result  # (F, W)
-            var = (z[:, const["child"]] - z @ beta.T).pow(2).mean(0)  # (F,)
+                beta = torch.linalg.solve_ex(system, rhs).result  # (K, F, W)
+            zy = z.gather(2, const["child"][:, None, :].expand(-1, n, -1))  # (K, B, F)
+            var = (zy - torch.bmm(z, beta.transpose(1, 2))).pow(2).mean(1)  # (K, F)
             if self.correct:
                 var = var * self._variance_shifts(n, z.device)
             parts.append(0.5 * torch.log(var.clamp_min(self.floor)) + _HALF_LOG_2PI_E)
-        for (child, parents, _), fits in zip(self._categorical_groups, const["groups"]):
-            weights = torch.cat([configuration_weights([z[:, u] for u in pa], n, z) for pa in parents], 1)
-            parts.append(categorical_nlls(z[:, child], weights, fits, self.alpha, self.correct))
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
+        for child in self.children:
+            fits = const["groups"][child]
+            weights = [self._configurations(z[m], loss, child, fits.shape[1]) for m, loss in enumerate(self.losses)]
+            parts.append(
+                categorical_nlls(z[:, :, self._columns(child)], torch.stack(weights), fits, self.alpha, self.correct)
+            )
+        return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+
+    def _configurations(self, z: torch.Tensor, loss: StructuralLoss, child: str, width: int) -> torch.Tensor:
+        """(B, width): one model's parent-configuration weights of ``child``'s fits side by side, zero-padded."""
+        blocks = [
+            configuration_weights([z[:, u] for u in pa], z.shape[0], z) for pa in self._group_parents(loss, child)
+        ]
+        weights = torch.cat(blocks, 1)
+        return F.pad(weights, (0, width - weights.shape[1])) if weights.shape[1] < width else weights
+
+    def _node_matrix(self, c: torch.Tensor, q_out: torch.Tensor, const: Mapping) -> torch.Tensor:
+        """Z = [c, q, 1] (K, B, W): one-hot / softmax for categorical codes, standardized continuous codes."""
+        if any(code.kind == "categorical" for code in self.spec.codes):
+            parts = list(torch.split(q_out, [code.dim for code in self.spec.codes], dim=-1))
+            q_out = torch.cat(
+                [F.softmax(p, -1) if code.kind == "categorical" else p for code, p in zip(self.spec.codes, parts)], -1
+            )
+        x = torch.cat([c, q_out], -1)
+        var, mean = torch.var_mean(x, -2, correction=0, keepdim=True)
+        x = torch.where(const["continuous"], (x - mean) * torch.rsqrt(var + 1e-8), x)
+        return torch.cat([x, x.new_ones(*x.shape[:-1], 1)], -1)
 
     def _variance_shifts(self, n: int, device: torch.device) -> torch.Tensor:
-        """exp(delta(N, p)) per continuous fit (module docstring), cached per batch size and device."""
+        """exp(delta(N, p)) per continuous fit (module docstring), (K, F), cached per batch size and device."""
         if (n, device) not in self._shifts:
-            shifts = [math.exp(log_variance_shift(n, p)) for p in self._n_coefficients]
+            shifts = [[math.exp(log_variance_shift(n, p)) for p in row] for row in self._n_coefficients]
             self._shifts[n, device] = torch.tensor(shifts, dtype=torch.float32, device=device)
         return self._shifts[n, device]
-
-    def n_coefficients(self, parents: Sequence[str]) -> int:
-        """Rank of [parents, 1]: 1 + one per continuous parent + k - 1 per categorical parent of k classes
-        (its columns sum to 1, the intercept)."""
-        return 1 + sum(self.spec.code(u).dim - (self.spec.code(u).kind == "categorical") for u in parents)
 
 
 def structural_loss(

@@ -11,6 +11,7 @@ from gan.latents import get_spec
 from gan.structure import (
     CORRECTIONS,
     FORMS,
+    StackedStructuralLoss,
     StructuralLoss,
     categorical_nll,
     family_loglik,
@@ -481,9 +482,9 @@ def test_each_distinct_fit_is_computed_once() -> None:
     spec = get_spec("mnist")
     saturated = {f.node: f.full for f in StructuralLoss(spec, {}, "deviance").families}
     complete = StructuralLoss(spec, saturated, "deviance")
-    assert len(complete._fits) == len(spec.codes)
+    assert len(complete.fits) == len(spec.codes)
     collider = StructuralLoss(spec, Graph.parse("q1->q3, q2->q3", spec).parents(), "deviance")
-    assert len(collider._fits) == 2 * len(spec.codes)
+    assert len(collider.fits) == 2 * len(spec.codes)
 
 
 def test_the_plan_is_float32_whatever_the_default_dtype() -> None:
@@ -498,3 +499,25 @@ def test_the_plan_is_float32_whatever_the_default_dtype() -> None:
         assert torch.isfinite(loss(c, torch.randn(64, spec.code_dim)))
     finally:
         torch.set_default_dtype(previous)
+
+
+@pytest.mark.parametrize("spec_text", ["cont,cont,cont", "mnist", "cat4,cat3,cont"])
+def test_stacked_losses_equal_each_graph_alone(spec_text: str) -> None:
+    """K graphs of one spec (different edges and forms, so different numbers of fits, categorical
+    tables and edges) in one StackedStructuralLoss give each graph's own value and gradient."""
+    spec = get_spec(spec_text)
+    forms = ["deviance", "perfect_map", "likelihood", "both", "deviance"]
+    losses = [StructuralLoss(spec, _random_dag(spec, seed), form) for seed, form in enumerate(forms)]
+    losses.append(StructuralLoss(spec, {}, "deviance"))  # the empty graph: fewest fits
+    g = torch.Generator().manual_seed(7)
+    cs = torch.stack([spec.sample(64, g)[1] for _ in losses])
+    qs = cs * 3 + 0.5 * torch.randn(cs.shape, generator=g)
+    qs[..., -1] += qs[..., 0] - 2 * qs[..., 1]
+    q_stacked, q_alone = qs.clone().requires_grad_(), qs.clone().requires_grad_()
+    stacked = StackedStructuralLoss(losses)(cs, q_stacked)
+    alone = torch.stack([loss(c, q) for loss, c, q in zip(losses, cs, q_alone)])
+    assert stacked.shape == (len(losses),)
+    assert torch.allclose(stacked, alone, rtol=0, atol=1e-6)
+    stacked.sum().backward()
+    alone.sum().backward()
+    assert (q_stacked.grad - q_alone.grad).abs().max() <= 1e-6 * max(q_alone.grad.abs().max().item(), 1.0)
