@@ -9,6 +9,7 @@ columns, so one ``split`` serves both.
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,10 +40,18 @@ class Code:
         return f"categorical({self.n_classes})" if self.kind == "categorical" else "continuous"
 
 
+Noise = Literal["normal", "uniform"]
+NOISES: tuple[str, ...] = typing.get_args(Noise)
+
+
 @dataclass(frozen=True)
 class LatentSpec:
+    """The codes and the noise fed to G. ``noise`` is z's distribution: ``normal`` N(0, I), or
+    ``uniform`` Uniform(-1, 1)^noise_dim as in openai/InfoGAN's MNIST launcher (``Uniform(62)``)."""
+
     codes: tuple[Code, ...]
     noise_dim: int
+    noise: Noise = "normal"
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.codes]
@@ -51,6 +60,8 @@ class LatentSpec:
             raise ValueError(f"codes must be named {', '.join(expected)} in order, got {', '.join(names)}")
         if self.noise_dim < 0:
             raise ValueError(f"noise_dim must be >= 0, got {self.noise_dim}")
+        if self.noise not in NOISES:
+            raise ValueError(f"noise must be one of {', '.join(NOISES)}; got {self.noise!r}")
 
     @property
     def code_dim(self) -> int:
@@ -79,12 +90,15 @@ class LatentSpec:
     def sample(
         self, batch_size: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw (z, c): z ~ N(0, I) of shape (B, noise_dim), c of shape (B, code_dim).
+        """Draw (z, c): z of shape (B, noise_dim) from the spec's noise, c of shape (B, code_dim).
 
         Categorical codes come one-hot, continuous ones Uniform(-1, 1); the codes are independent
         (InfoGAN's prior).
         """
-        z = torch.randn(batch_size, self.noise_dim, generator=generator, device=device)
+        if self.noise == "normal":
+            z = torch.randn(batch_size, self.noise_dim, generator=generator, device=device)
+        else:
+            z = torch.rand(batch_size, self.noise_dim, generator=generator, device=device) * 2 - 1
         parts = []
         for code in self.codes:
             if code.kind == "categorical":
@@ -96,21 +110,25 @@ class LatentSpec:
         return z, c
 
     def text(self) -> str:
-        """The spec as :meth:`parse` reads it, e.g. ``"cat10,cont,cont;noise=62"``."""
+        """The spec as :meth:`parse` reads it, e.g. ``"cat10,cont,cont;noise=62"`` (normal noise) or
+        ``"cat10,cont,cont;noise=uniform62"``."""
         codes = ",".join(f"cat{c.n_classes}" if c.kind == "categorical" else "cont" for c in self.codes)
-        return f"{codes};noise={self.noise_dim}"
+        return f"{codes};noise={'uniform' if self.noise == 'uniform' else ''}{self.noise_dim}"
 
     def describe(self) -> str:
         codes = ", ".join(f"{c.name}={c}" for c in self.codes)
-        return f"{codes}; noise {self.noise_dim}"
+        return f"{codes}; noise {self.noise_dim}" + (" uniform" if self.noise == "uniform" else "")
 
     @classmethod
     def parse(cls, text: str) -> LatentSpec:
-        """Parse ``"cat10,cont,cont;noise=62"`` (also ``categorical(10)``, ``continuous``)."""
+        """Parse ``"cat10,cont,cont;noise=62"`` (also ``categorical(10)``, ``continuous``, and
+        ``noise=uniform62`` or ``noise=normal62``)."""
         body, _, noise = text.partition(";")
-        noise_match = re.fullmatch(r"\s*noise\s*=\s*(\d+)\s*", noise) if noise else None
+        noise_match = re.fullmatch(r"\s*noise\s*=\s*(normal|uniform)?\s*(\d+)\s*", noise) if noise else None
         if noise and noise_match is None:
-            raise ValueError(f"bad noise part {noise!r} in latent spec {text!r}; expected e.g. 'noise=62'")
+            raise ValueError(
+                f"bad noise part {noise!r} in latent spec {text!r}; expected e.g. 'noise=62' or 'noise=uniform62'"
+            )
         codes = []
         for i, token in enumerate(t.strip() for t in body.split(",") if t.strip()):
             cat = re.fullmatch(r"cat(?:egorical)?\(?(\d+)\)?", token)
@@ -124,7 +142,9 @@ class LatentSpec:
                 )
         if not codes:
             raise ValueError(f"latent spec {text!r} has no codes; expected e.g. 'cat10,cont,cont;noise=62'")
-        return cls(tuple(codes), int(noise_match.group(1)) if noise_match else 0)
+        if noise_match is None:
+            return cls(tuple(codes), 0)
+        return cls(tuple(codes), int(noise_match.group(2)), noise_match.group(1) or "normal")
 
 
 def continuous_spec(n_codes: int, noise_dim: int) -> LatentSpec:
@@ -134,6 +154,10 @@ def continuous_spec(n_codes: int, noise_dim: int) -> LatentSpec:
 SPECS: dict[str, LatentSpec] = {
     # InfoGAN's MNIST: one 10-way categorical code, two continuous codes, 62 noise dimensions.
     "mnist": LatentSpec((Code("c1", "categorical", 10), Code("c2", "continuous"), Code("c3", "continuous")), 62),
+    # openai/InfoGAN's MNIST launcher as it is: the same codes, with noise z ~ Uniform(-1, 1)^62.
+    "infogan-mnist": LatentSpec(
+        (Code("c1", "categorical", 10), Code("c2", "continuous"), Code("c3", "continuous")), 62, "uniform"
+    ),
     # The paper's entangled MNIST variant: three continuous codes (c1, c2 -> c3 in its figure).
     "mnist3": continuous_spec(3, 62),
     "dsprites": continuous_spec(5, 5),

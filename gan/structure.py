@@ -83,6 +83,7 @@ are differences of corrected nlls, capped after the correction):
 
 from __future__ import annotations
 
+import itertools
 import math
 import typing
 from collections.abc import Mapping, Sequence
@@ -149,6 +150,14 @@ def log_variance_shift(n: int, p: int) -> float:
     return float(psi[0] - psi[1])
 
 
+def configuration_weights(parents: Sequence[torch.Tensor], n: int, like: torch.Tensor) -> torch.Tensor:
+    """(N, M) soft membership of each parent configuration: w_nm = prod_j p_parent_j(n, m_j)."""
+    weights = like.new_ones(n, 1)
+    for p in parents:
+        weights = (weights[:, :, None] * p[:, None, :]).reshape(n, -1)
+    return weights
+
+
 def categorical_nll(
     child: torch.Tensor, parents: Sequence[torch.Tensor], alpha: float = 0.1, correct: bool = False
 ) -> torch.Tensor:
@@ -163,19 +172,35 @@ def categorical_nll(
         -mean_n sum_m w_nm sum_k p_nk log theta[k | m], w_nm = prod_j p_parent_j(n, m_j) the soft
         weight of parent configuration m, theta[k | m] = (sum_n w_nm p_nk + alpha) / (sum_n w_nm + k alpha).
     """
-    n, k = child.shape
-    weights = child.new_ones(n, 1)  # (N, M): soft membership of each parent configuration
-    for p in parents:
-        weights = (weights[:, :, None] * p[:, None, :]).reshape(n, -1)
+    weights = configuration_weights(parents, child.shape[0], child)
+    fits = weights.new_ones(1, weights.shape[1], 1)
+    return categorical_nlls(child[None], weights[None], fits, alpha, correct)[0, 0]
+
+
+def categorical_nlls(
+    child: torch.Tensor, weights: torch.Tensor, fits: torch.Tensor, alpha: float = 0.1, correct: bool = False
+) -> torch.Tensor:
+    """:func:`categorical_nll` of one child under several parent sets at once, for K independent
+    problems (K stacked models): child (K, N, k), weights (K, N, M), fits (K, M, F) -> (K, F).
+
+    ``weights`` holds the F fits' configuration weights side by side, and ``fits`` says which fit
+    each configuration belongs to (0/1). Every configuration's CPT row depends on its own soft
+    counts only, so one table serves all F fits, and each fit's nll (and jackknife bias) is the
+    sum of its rows' terms. A configuration column of zero weight adds nothing, so problems of
+    different M are padded with zeros.
+    """
+    n, k = child.shape[1:]
     with torch.no_grad():
-        counts = weights.T @ child  # (M, k)
-        theta = (counts + alpha) / (counts.sum(1, keepdim=True) + k * alpha)
-        bias = _jackknife_bias(child, weights, counts, alpha) if correct and n > 1 else 0.0
-    return -(weights * (child @ theta.log().T)).sum(1).mean() - bias
+        counts = torch.bmm(weights.transpose(1, 2), child)  # (K, M, k)
+        theta = (counts + alpha) / (counts.sum(2, keepdim=True) + k * alpha)
+        bias = (_jackknife_bias(child, weights, counts, alpha)[..., None] * fits).sum(1) if correct and n > 1 else 0.0
+    rows = (weights * torch.bmm(child, theta.log().transpose(1, 2))).mean(1)  # (K, M)
+    return -(rows[..., None] * fits).sum(1) - bias
 
 
 def _jackknife_bias(child: torch.Tensor, weights: torch.Tensor, counts: torch.Tensor, alpha: float) -> torch.Tensor:
-    r"""(N - 1)(mean_n nll_(-n) - nll): the jackknife estimate of E[in-sample nll] - population nll.
+    r"""(N - 1)(mean_n nll_(-n) - nll) per configuration row, (K, M): summed over a fit's rows, the
+    jackknife estimate of E[in-sample nll] - population nll.
 
     nll = -1/N sum_{m,k} S_mk log theta_mk with soft counts S = w^T p, W_m = sum_k S_mk. Leaving
     sample n out gives S^(-n) = S - w_n p_n, W^(-n) = W - w_n, and (N - 1) nll_(-n) =
@@ -185,12 +210,13 @@ def _jackknife_bias(child: torch.Tensor, weights: torch.Tensor, counts: torch.Te
         D_nmk = log1p(-w_nm p_nk / (S_mk + alpha)) - log1p(-w_nm / (W_m + k alpha)),
 
     which keeps float32 accurate at any N (the difference of the two nlls, times N - 1, does not).
-    Costs one (N, M, k) tensor.
+    Costs one (K, N, M, k) tensor.
     """
-    k = child.shape[1]
-    wp = weights[:, :, None] * child[:, None, :]  # (N, M, k): sample n's soft counts
-    log_ratio = torch.log1p(-wp / (counts + alpha)) - torch.log1p(-weights / (counts.sum(1) + k * alpha))[:, :, None]
-    return -((counts - wp) * log_ratio).sum((1, 2)).mean()
+    k = child.shape[2]
+    counts = counts[:, None]  # (K, 1, M, k)
+    wp = weights[..., None] * child[:, :, None, :]  # (K, N, M, k): sample n's soft counts
+    log_ratio = torch.log1p(-wp / (counts + alpha)) - torch.log1p(-weights / (counts.sum(3) + k * alpha))[..., None]
+    return -((counts - wp) * log_ratio).sum(3).mean(1)
 
 
 # ---- the regularizer -----------------------------------------------------------------------
@@ -205,7 +231,12 @@ class _Family:
 
 
 class StructuralLoss:
-    """R_G for one graph, planned once and called every step: ``loss(c, q_out) -> scalar``.
+    r"""R_G for one graph, planned once and called every step: ``loss(c, q_out) -> scalar``.
+
+    Every form is a signed sum of local nlls, each the fit of one child on one parent set: the
+    graph's families, the saturated model's, and (``perfect_map``) each family less one parent.
+    The plan lists each distinct fit once (the complete graph's families are the saturated ones);
+    :class:`StackedStructuralLoss` computes them together, for one graph or for K at once.
 
     Args:
         spec: the latent spec (which codes are categorical).
@@ -250,67 +281,248 @@ class StructuralLoss:
                 u for u in c_nodes + list(order[:position]) if not categorical or spec.code(u).kind == "categorical"
             )
             self.families.append(_Family(v, categorical, pa[v], full))
+        self._options = dict(floor=floor, ridge=ridge, alpha=alpha, edge_cap=edge_cap, correction=correction)
+        self._parents = pa
+        self._plan()
+        self._stacked = StackedStructuralLoss([self])
+
+    def _plan(self) -> None:
+        """The distinct fits, continuous ones first, then the categorical ones grouped by child; the
+        form as weights on their nlls, and the edge CMIs as pairs of fit positions."""
+        fits: list[tuple[str, tuple[str, ...]]] = []
+        index: dict[tuple[str, frozenset[str]], int] = {}
+
+        def fit(node: str, parents: Sequence[str]) -> int:
+            key = (node, frozenset(parents))
+            if key not in index:
+                index[key] = len(fits)
+                fits.append((node, tuple(parents)))
+            return index[key]
+
+        weights: dict[int, float] = {}
+        edges: list[tuple[Edge, int, int]] = []  # (u -> v, fit without u, fit of v | pa(v))
+        for fam in self.families:
+            graph_fit = fit(fam.node, fam.parents)
+            if self.form in ("likelihood", "both"):
+                weights[graph_fit] = weights.get(graph_fit, 0.0) + 1
+            if self.form in ("deviance", "both", "perfect_map"):
+                full_fit = fit(fam.node, fam.full)
+                weights[graph_fit] = weights.get(graph_fit, 0.0) + 1
+                weights[full_fit] = weights.get(full_fit, 0.0) - 1
+            for u in fam.parents if self.form == "perfect_map" else ():
+                edges.append(((u, fam.node), fit(fam.node, [p for p in fam.parents if p != u]), graph_fit))
+        kind = {i: self.spec.code(v).kind for i, (v, _) in enumerate(fits)}
+        continuous = [i for i in range(len(fits)) if kind[i] == "continuous"]
+        children = dict.fromkeys(v for i, (v, _) in enumerate(fits) if kind[i] == "categorical")
+        groups = {child: [i for i, (v, _) in enumerate(fits) if v == child] for child in children}
+        order = continuous + [i for group in groups.values() for i in group]
+        position = {fit: k for k, fit in enumerate(order)}
+        self.fits = [fits[i] for i in order]  # (child, parents) in nll order
+        self.n_continuous = len(continuous)
+        self.groups = {child: [position[i] for i in group] for child, group in groups.items()}
+        self.weights = [weights.get(i, 0.0) for i in order]
+        self.edges = [(edge, position[minus], position[fit]) for edge, minus, fit in edges]
+
+    # ---- a call ------------------------------------------------------------------------------
 
     def __call__(self, c: torch.Tensor, q_out: torch.Tensor) -> torch.Tensor:
         """R_G per sample for codes c (B, code_dim) fed to G and Q's raw outputs q_out (B, code_dim)."""
-        values = self.node_values(c.float(), q_out.float())
-        total = c.new_zeros((), dtype=torch.float32)
-        for fam in self.families:
-            nll = self._nll(values, fam.node, fam.parents, fam.categorical)
-            if self.form in ("likelihood", "both"):
-                total = total + nll
-            if self.form in ("deviance", "both", "perfect_map"):
-                total = total + nll - self._nll(values, fam.node, fam.full, fam.categorical)
-            if self.form == "perfect_map":
-                for cmi in self._edge_cmi(values, fam, nll).values():
-                    total = total - cmi.clamp_max(self.edge_cap)
-        return total
+        return self._stacked(c[None], q_out[None])[0]
 
     def edge_information(self, c: torch.Tensor, q_out: torch.Tensor) -> dict[Edge, torch.Tensor]:
         """CMI(v; u | pa(v) minus u) in nats for every edge u -> v into a q node, uncapped."""
-        values = self.node_values(c.float(), q_out.float())
-        out = {}
-        for fam in self.families:
-            out |= self._edge_cmi(values, fam, self._nll(values, fam.node, fam.parents, fam.categorical))
-        return out
-
-    def _edge_cmi(
-        self, values: Mapping[str, torch.Tensor], fam: _Family, nll: torch.Tensor
-    ) -> dict[Edge, torch.Tensor]:
-        """nll(v | pa minus u) - nll(v | pa) for each parent u, given nll = nll(v | pa)."""
-        return {
-            (u, fam.node): self._nll(values, fam.node, tuple(p for p in fam.parents if p != u), fam.categorical) - nll
-            for u in fam.parents
-        }
-
-    def node_values(self, c: torch.Tensor, q_out: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each node as a (B, dim) tensor: one-hot or softmax for categorical codes, standardized values
-        for continuous ones."""
-        values = {}
-        for code, ci, qi in zip(self.spec.codes, self.spec.split(c), self.spec.split(q_out)):
-            i = code.name[1:]
-            if code.kind == "categorical":
-                values["c" + i], values["q" + i] = ci, F.softmax(qi, dim=1)
-            else:
-                values["c" + i], values["q" + i] = _standardize(ci), _standardize(qi)
-        return values
-
-    def _nll(
-        self, values: Mapping[str, torch.Tensor], v: str, parents: Sequence[str], categorical: bool
-    ) -> torch.Tensor:
-        if categorical:
-            return categorical_nll(values[v], [values[u] for u in parents], self.alpha, self.correct)
-        child = values[v][:, 0]
-        x = torch.cat([values[u] for u in parents], dim=1) if parents else child.new_zeros(child.shape[0], 0)
-        var = residual_variance(child, x, self.ridge)
-        if self.correct:
-            var = var * math.exp(log_variance_shift(child.shape[0], self.n_coefficients(parents)))
-        return 0.5 * torch.log(var.clamp_min(self.floor)) + _HALF_LOG_2PI_E
+        if self.form != "perfect_map":  # only perfect_map plans the fits without one parent
+            return StructuralLoss(self.spec, self._parents, "perfect_map", **self._options).edge_information(c, q_out)
+        nll = self._stacked.nlls(c[None], q_out[None])[0]
+        return {edge: nll[minus] - nll[fit] for edge, minus, fit in self.edges}
 
     def n_coefficients(self, parents: Sequence[str]) -> int:
         """Rank of [parents, 1]: 1 + one per continuous parent + k - 1 per categorical parent of k classes
         (its columns sum to 1, the intercept)."""
         return 1 + sum(self.spec.code(u).dim - (self.spec.code(u).kind == "categorical") for u in parents)
+
+
+class StackedStructuralLoss:
+    r"""The R_G of K graphs over one latent spec at once: ``loss(c, q_out)`` with c and q_out
+    (K, B, code_dim), model k's under ``losses[k]``, -> (K,). K = 1 is how one graph is computed.
+
+    Continuous fits come from one matrix per model: Z = [c, q, 1] (B, W) with categorical codes
+    as one-hot rows or Q's softmax and continuous ones standardized, and its second moments
+    S = Z^T Z / B. The fit of column y on the columns in mask m solves (S_mm + ridge I) beta =
+    S_my, every fit of every model in one batched solve (each fit's system is its model's S
+    masked to its columns, with the identity elsewhere, so beta is zero off m), and its variance
+    is mean_n (Z_ny - Z_n beta)^2, all fits from one batched matmul: R = Z[:, y] - Z beta^T (B, F).
+    That is exactly :func:`residual_variance` on [parents, 1], fit by fit; beta is detached
+    (envelope theorem) as there. The fits of one categorical child share one soft-count table
+    (:func:`categorical_nlls`). Models with fewer fits are padded with fits of weight 0 (the
+    intercept alone; a configuration column of zero weight), which add exactly nothing.
+    """
+
+    def __init__(self, losses: Sequence[StructuralLoss]) -> None:
+        first = losses[0]
+        for loss in losses[1:]:
+            same = (loss.spec, loss.floor, loss.ridge, loss.alpha, loss.edge_cap, loss.correct)
+            if same != (first.spec, first.floor, first.ridge, first.alpha, first.edge_cap, first.correct):
+                raise ValueError(
+                    "stacked structural losses must share the latent spec, floor, ridge, alpha, edge cap and correction"
+                )
+        self.losses, self.spec = list(losses), first.spec
+        self.floor, self.ridge, self.alpha, self.edge_cap, self.correct = (
+            first.floor,
+            first.ridge,
+            first.alpha,
+            first.edge_cap,
+            first.correct,
+        )
+        self.n_continuous = max(loss.n_continuous for loss in losses)
+        self.children = list(dict.fromkeys(child for loss in losses for child in loss.groups))
+        sizes = {child: max(len(loss.groups.get(child, ())) for loss in losses) for child in self.children}
+        self._offsets = dict(zip(self.children, itertools.accumulate([self.n_continuous] + list(sizes.values()))))
+        self.n_fits = self.n_continuous + sum(sizes.values())
+        self._slots = [self._slots_of(loss, sizes) for loss in losses]  # each model's nll positions, padded
+        self._constants: dict[torch.device, dict] = {}
+        self._shifts: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def _slots_of(self, loss: StructuralLoss, sizes: Mapping[str, int]) -> list[int]:
+        """Where each of ``loss``'s fits sits in the padded layout [continuous | child 1 | child 2 ...]."""
+        slots = list(range(loss.n_continuous))
+        for child in self.children:
+            slots += [self._offsets[child] + j for j in range(len(loss.groups.get(child, ())))]
+        return slots
+
+    def _columns(self, node: str) -> slice:
+        """Columns of ``node`` in Z = [c, q, 1]."""
+        offset = self.spec.code_dim * (node[0] == "q")
+        i = self.spec.names.index("c" + node[1:])
+        start = offset + sum(code.dim for code in self.spec.codes[:i])
+        return slice(start, start + self.spec.codes[i].dim)
+
+    # ---- the plan as tensors -------------------------------------------------------------------
+
+    def _constants_on(self, device: torch.device) -> dict:
+        """The plan's tensors on ``device`` (made once per device)."""
+        if device in self._constants:
+            return self._constants[device]
+        k, f, width = len(self.losses), self.n_continuous, 2 * self.spec.code_dim + 1
+        masks = torch.zeros(k, f, width, dtype=torch.float32)
+        masks[:, :, -1] = 1.0  # the intercept; a padding fit has nothing else
+        child = torch.full((k, f), width - 1, dtype=torch.long)  # a padding fit explains the intercept: var 0
+        weights = torch.zeros(k, self.n_fits, dtype=torch.float32)
+        n_edges = max(len(loss.edges) for loss in self.losses)
+        minus, with_ = torch.zeros(k, n_edges, dtype=torch.long), torch.zeros(k, n_edges, dtype=torch.long)
+        self._n_coefficients = [[1] * f for _ in self.losses]
+        for m, (loss, slots) in enumerate(zip(self.losses, self._slots)):
+            for j, (v, parents) in enumerate(loss.fits[: loss.n_continuous]):
+                child[m, j] = self._columns(v).start
+                for u in parents:
+                    masks[m, j, self._columns(u)] = 1.0
+                self._n_coefficients[m][j] = loss.n_coefficients(parents)
+            weights[m, slots] = torch.tensor(loss.weights, dtype=torch.float32)
+            for e, (_, a, b) in enumerate(loss.edges):
+                minus[m, e], with_[m, e] = slots[a], slots[b]
+        eye = torch.eye(width, dtype=torch.float32)
+        continuous = [code.kind == "continuous" for code in self.spec.codes for _ in range(code.dim)]
+        const = {
+            "outer": masks[..., :, None] * masks[..., None, :],  # (K, F, W, W): where each fit's system keeps S
+            "fill": eye * (1 - masks[..., :, None])
+            + self.ridge * eye * masks[..., :, None],  # identity off m, ridge on m
+            "mask": masks,
+            "child": child,
+            "continuous": torch.tensor(2 * continuous),  # the columns of Z to standardize, in [c, q]
+            "weights": weights,
+            "minus": minus,
+            "with": with_,
+            "groups": {child: self._group_fits(child) for child in self.children},
+        }
+        const = {
+            key: value.to(device) if torch.is_tensor(value) else {g: x.to(device) for g, x in value.items()}
+            for key, value in const.items()
+        }
+        self._constants[device] = const
+        return const
+
+    def _group_parents(self, loss: StructuralLoss, child: str) -> list[list[slice]]:
+        return [[self._columns(u) for u in loss.fits[j][1]] for j in loss.groups.get(child, ())]
+
+    def _group_fits(self, child: str) -> torch.Tensor:
+        """(K, M, F_child) 0/1: which fit each parent configuration of ``child`` belongs to, padded."""
+        dims = [
+            [math.prod(self.spec.code(u).dim for u in loss.fits[j][1]) for j in loss.groups.get(child, ())]
+            for loss in self.losses
+        ]
+        n_configurations = max(sum(d) for d in dims)
+        fits = torch.zeros(len(self.losses), n_configurations, max(len(d) for d in dims), dtype=torch.float32)
+        for m, d in enumerate(dims):
+            for f, (start, size) in enumerate(zip(itertools.accumulate([0] + d), d)):
+                fits[m, start : start + size, f] = 1.0
+        return fits
+
+    # ---- a call ------------------------------------------------------------------------------
+
+    def __call__(self, c: torch.Tensor, q_out: torch.Tensor) -> torch.Tensor:
+        """R_G per sample of each model: c, q_out (K, B, code_dim) -> (K,)."""
+        const = self._constants_on(c.device)
+        nll = self.nlls(c, q_out, const)
+        total = (nll * const["weights"]).sum(-1)
+        if const["minus"].shape[1]:  # perfect_map's edges (padded with an edge from a fit to itself: 0)
+            cmi = nll.gather(1, const["minus"]) - nll.gather(1, const["with"])
+            total = total - cmi.clamp_max(self.edge_cap).sum(-1)
+        return total
+
+    def nlls(self, c: torch.Tensor, q_out: torch.Tensor, const: Mapping | None = None) -> torch.Tensor:
+        """The nll of every planned fit of every model, (K, n_fits) in the padded layout (a model's
+        own fits at ``_slots``)."""
+        const = const or self._constants_on(c.device)
+        z = self._node_matrix(c.float(), q_out.float(), const)
+        k, n = z.shape[:2]
+        parts = []
+        if self.n_continuous:
+            with torch.no_grad():
+                s = torch.bmm(z.transpose(1, 2), z) / n  # (K, W, W)
+                system = s[:, None] * const["outer"] + const["fill"]  # (K, F, W, W)
+                rhs = s.gather(1, const["child"][..., None].expand(-1, -1, s.shape[2])) * const["mask"]  # (K, F, W)
+                # solve_ex: no error check, so no host sync on a GPU (linalg.solve waits for the device to
+                # check for a singular system; one gives NaNs, which the trainer reports as diverged)
+                beta = torch.linalg.solve_ex(system, rhs).result  # (K, F, W)
+            zy = z.gather(2, const["child"][:, None, :].expand(-1, n, -1))  # (K, B, F)
+            var = (zy - torch.bmm(z, beta.transpose(1, 2))).pow(2).mean(1)  # (K, F)
+            if self.correct:
+                var = var * self._variance_shifts(n, z.device)
+            parts.append(0.5 * torch.log(var.clamp_min(self.floor)) + _HALF_LOG_2PI_E)
+        for child in self.children:
+            fits = const["groups"][child]
+            weights = [self._configurations(z[m], loss, child, fits.shape[1]) for m, loss in enumerate(self.losses)]
+            parts.append(
+                categorical_nlls(z[:, :, self._columns(child)], torch.stack(weights), fits, self.alpha, self.correct)
+            )
+        return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+
+    def _configurations(self, z: torch.Tensor, loss: StructuralLoss, child: str, width: int) -> torch.Tensor:
+        """(B, width): one model's parent-configuration weights of ``child``'s fits side by side, zero-padded."""
+        blocks = [
+            configuration_weights([z[:, u] for u in pa], z.shape[0], z) for pa in self._group_parents(loss, child)
+        ]
+        weights = torch.cat(blocks, 1)
+        return F.pad(weights, (0, width - weights.shape[1])) if weights.shape[1] < width else weights
+
+    def _node_matrix(self, c: torch.Tensor, q_out: torch.Tensor, const: Mapping) -> torch.Tensor:
+        """Z = [c, q, 1] (K, B, W): one-hot / softmax for categorical codes, standardized continuous codes."""
+        if any(code.kind == "categorical" for code in self.spec.codes):
+            parts = list(torch.split(q_out, [code.dim for code in self.spec.codes], dim=-1))
+            q_out = torch.cat(
+                [F.softmax(p, -1) if code.kind == "categorical" else p for code, p in zip(self.spec.codes, parts)], -1
+            )
+        x = torch.cat([c, q_out], -1)
+        var, mean = torch.var_mean(x, -2, correction=0, keepdim=True)
+        x = torch.where(const["continuous"], (x - mean) * torch.rsqrt(var + 1e-8), x)
+        return torch.cat([x, x.new_ones(*x.shape[:-1], 1)], -1)
+
+    def _variance_shifts(self, n: int, device: torch.device) -> torch.Tensor:
+        """exp(delta(N, p)) per continuous fit (module docstring), (K, F), cached per batch size and device."""
+        if (n, device) not in self._shifts:
+            shifts = [[math.exp(log_variance_shift(n, p)) for p in row] for row in self._n_coefficients]
+            self._shifts[n, device] = torch.tensor(shifts, dtype=torch.float32, device=device)
+        return self._shifts[n, device]
 
 
 def structural_loss(

@@ -162,7 +162,7 @@ def _resumed(args: argparse.Namespace, run_dir: Path | None) -> tuple[config_mod
 def cmd_optimize(args: argparse.Namespace) -> int:
     import optuna
 
-    from structsearch import search
+    from structsearch import search, stacked_search
     from structsearch import study as study_mod
     from structsearch.scores import direction
 
@@ -203,11 +203,16 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     with _as_usage_errors(ValueError):  # user mistakes surface here, before any training
         for name in cfg.objectives:
             direction(name)
+        stacked_search.check(run.train, args.stack, args.workers, gpus)
         prepared = search.prepare(cfg)
-    try:
-        study_obj = search.run_search(cfg, workers=args.workers, gpus=gpus, prepared=prepared, threads=_threads(args))
-    except search.WorkersFailed as err:
-        raise RunFailed(str(err)) from None
+    if args.stack > 1:
+        study_obj = stacked_search.optimize_stacked(cfg, args.stack, prepared)
+    else:
+        try:
+            threads = _threads(args)
+            study_obj = search.run_search(cfg, workers=args.workers, gpus=gpus, prepared=prepared, threads=threads)
+        except search.WorkersFailed as err:
+            raise RunFailed(str(err)) from None
     _print_top(study_obj, cfg, args.top)
     return 0
 
@@ -708,6 +713,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=inputs.count, default=1, help="worker processes on this machine sharing the study")
     p.add_argument("--threads", type=inputs.count, help=THREADS_HELP)
     p.add_argument("--gpus", help="comma-separated GPU ids; worker i gets GPU i mod len")
+    p.add_argument(
+        "--stack",
+        type=inputs.count,
+        default=1,
+        help="trials trained at a time in this process as one stacked model (default: 1; fp32, no --lambda-pair)",
+    )
     p.add_argument("--top", type=inputs.count, default=5, help="rows of the final table")
     p.add_argument("--runs-dir", default="runs", help="where runs, studies and the default MLflow store live")
     p.add_argument("--tracking", help="MLflow tracking URI (default: sqlite:///<runs-dir>/mlflow.db), or 'none'")

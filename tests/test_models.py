@@ -139,3 +139,19 @@ def test_param_count_counts_only_trainable() -> None:
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_spec_text_parses_back_to_the_same_spec(name: str) -> None:
     assert LatentSpec.parse(SPECS[name].text()) == SPECS[name]
+
+
+def test_uniform_noise_is_parsed_printed_and_drawn() -> None:
+    """openai/InfoGAN's MNIST noise, Uniform(-1, 1)^62: the spec text round-trips and z is uniform;
+    the default stays N(0, I) and its text unchanged."""
+    from gan.latents import LatentSpec, get_spec
+
+    uniform = get_spec("infogan-mnist")
+    assert uniform.text() == "cat10,cont,cont;noise=uniform62" and LatentSpec.parse(uniform.text()) == uniform
+    assert get_spec("mnist").text() == "cat10,cont,cont;noise=62" and get_spec("mnist").noise == "normal"
+    z, _ = uniform.sample(4000, torch.Generator().manual_seed(0))
+    assert z.min() >= -1 and z.max() <= 1 and abs(z.var().item() - 1 / 3) < 0.01
+    z, _ = get_spec("mnist").sample(4000, torch.Generator().manual_seed(0))
+    assert z.abs().max() > 1.5 and abs(z.var().item() - 1) < 0.02
+    with pytest.raises(ValueError, match="noise=uniform62"):
+        LatentSpec.parse("cat10;noise=laplace62")

@@ -210,12 +210,14 @@ def _anchored_trainer(cfg: TrainConfig, n: int = 40) -> Trainer:
 
 ANCHORED = dataclasses.replace(TINY, anchor_labels=40)
 
-# The first three steps of _trainer() at commit de6faae, before anchors existed (bit-identical there
-# on the reference machine; the tolerance only allows for another CPU's kernels).
+# The first three steps of _trainer(): bit-identical at commit de6faae, before anchors existed, on
+# the reference machine; re-pinned when R_G became one batched solve (its values agree with the
+# family-by-family fits to 1e-6, tests/test_structure.py, and that rounding grows through Adam to
+# 1e-4 by the third step). The tolerance only allows for another CPU's kernels.
 BEFORE_ANCHORS = [
-    {"loss/d": "0x1.e218180000000p+0", "loss/g": "0x1.0fd8bc0000000p+0", "loss/info": "0x1.b931fc0000000p-2"},
-    {"loss/d": "0x1.ed2b5a0000000p+0", "loss/g": "0x1.0e40f20000000p+0", "loss/info": "0x1.97bc240000000p-2"},
-    {"loss/d": "0x1.e697780000000p+0", "loss/g": "0x1.1c26380000000p+0", "loss/info": "0x1.e1f9900000000p-2"},
+    {"loss/d": "0x1.e218160000000p+0", "loss/g": "0x1.0fd8bc0000000p+0", "loss/info": "0x1.b932080000000p-2"},
+    {"loss/d": "0x1.ed2b4a0000000p+0", "loss/g": "0x1.0e40ba0000000p+0", "loss/info": "0x1.97bbb80000000p-2"},
+    {"loss/d": "0x1.e68b380000000p+0", "loss/g": "0x1.1c1dde0000000p+0", "loss/info": "0x1.e18f920000000p-2"},
 ]
 
 

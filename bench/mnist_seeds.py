@@ -1,0 +1,106 @@
+"""Issue 15's MNIST seed table: cat_acc on all 10,000 test images, median, min and max over seeds.
+
+    python bench/mnist_seeds.py [--steps 5000] [--device cuda] [--seeds 0 1 2] [--max-minutes 6]
+                                [--out docs/results/mnist-seeds] [--runs runs/mnist-seeds] [--summarize]
+
+Models, all on InfoGAN's net (``--preset paper``: batch 128, full width) with the codes Cat(10),
+Unif, Unif:
+
+* ``infogan``: lambda_struct 0, with openai/InfoGAN's noise z ~ Uniform(-1, 1)^62 (spec
+  ``infogan-mnist``);
+* ``infogan-normal``: the same with z ~ N(0, I) (spec ``mnist``), so the noise choice is measured;
+* ``independent``: the independent graph at the default lambda_struct and form, uniform noise;
+* ``entangled``: the paper's entangled graph (q1, q2 -> q3 with ci -> qi), default lambda and form.
+
+Every run is its own ``structsearch train`` process, all at once (these nets leave a GPU mostly
+idle); each stops training after ``--max-minutes`` if not done (then it is scored as usual and
+its step count is reported), and a rerun resumes each from its checkpoint. A CPU rehearsal:
+``--device cpu --steps 20 --seeds 0``. The table goes to OUT/summary.md and OUT/rows.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+MODELS = {
+    "infogan": ["--codes", "infogan-mnist", "--graph", "independent", "--lambda-struct", "0"],
+    "infogan-normal": ["--codes", "mnist", "--graph", "independent", "--lambda-struct", "0"],
+    "independent": ["--codes", "infogan-mnist", "--graph", "independent"],
+    "entangled": ["--codes", "infogan-mnist", "--graph", "entangled"],
+}
+
+
+def run_dir(runs: Path, model: str, seed: int) -> Path:
+    return runs / f"{model}-seed{seed}"
+
+
+def launch(args: argparse.Namespace) -> None:
+    procs = []
+    logs = args.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    args.runs.mkdir(parents=True, exist_ok=True)
+    for model in args.models:
+        for seed in args.seeds:
+            out = run_dir(args.runs, model, seed)
+            cmd = [sys.executable, "-m", "structsearch", "train", "--dataset", "mnist", "--data-dir", args.data_dir]
+            cmd += ["--preset", "paper", "--steps", str(args.steps), "--device", args.device, "--seed", str(seed)]
+            cmd += ["--tracking", "none", "--checkpoint-every", "250", "--out", str(out), *MODELS[model]]
+            cmd += ["--max-minutes", str(args.max_minutes)] + (["--resume"] if (out / "config.json").exists() else [])
+            log = open(logs / f"{model}-seed{seed}.log", "w")  # noqa: SIM115 (open while the process runs)
+            env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+            procs.append((model, seed, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
+    for model, seed, proc in procs:
+        if proc.wait():
+            print(f"{model} seed {seed}: exit {proc.returncode}, see {logs / f'{model}-seed{seed}.log'}")
+
+
+def summarize(args: argparse.Namespace) -> None:
+    rows = []
+    for model in args.models:
+        for seed in args.seeds:
+            path = run_dir(args.runs, model, seed)
+            try:
+                summary = json.loads((path / "scores.json").read_text())
+            except (OSError, ValueError):
+                continue
+            rows.append({"model": model, "seed": seed, "step": summary["step"], **summary["scores"]})
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "rows.json").write_text(json.dumps(rows, indent=1))
+    lines = ["| model | seeds | steps done | cat_acc median | min | max |", "|---|---|---|---|---|---|"]
+    for model in args.models:
+        accs = [r["cat_acc"] for r in rows if r["model"] == model and "cat_acc" in r]
+        steps = sorted({r["step"] for r in rows if r["model"] == model})
+        if accs:
+            lines.append(
+                f"| {model} | {len(accs)} | {', '.join(map(str, steps))} | {statistics.median(accs):.3f} "
+                f"| {min(accs):.3f} | {max(accs):.3f} |"
+            )
+    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--max-minutes", type=float, default=6.0)
+    parser.add_argument("--data-dir", default="../shared/data/mnist")
+    parser.add_argument("--out", type=Path, default=Path("docs/results/mnist-seeds"))
+    parser.add_argument("--runs", type=Path, default=Path("runs/mnist-seeds"))
+    parser.add_argument("--summarize", action="store_true", help="only write the table of finished runs")
+    args = parser.parse_args()
+    if not args.summarize:
+        launch(args)
+    summarize(args)
+
+
+if __name__ == "__main__":
+    main()
