@@ -251,6 +251,8 @@ def find_study(uri: str, study: str | None = None) -> StudyRuns | None:
     from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient
 
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None  # nothing tracked yet; looking never creates a store
     client = MlflowClient(tracking_uri=uri)
     with _store_lock(uri):  # the first client of a new SQLite store creates its tables
         experiments = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000)
