@@ -500,7 +500,9 @@ def _print_top(study, cfg, top: int) -> None:
             "each trial's codes have coordinates of their own (docs/design.md section 8; "
             "try `structsearch identifiability`, --anchor-labels or --lambda-pair)"
         )
-    print(f"compare them: structsearch ui --runs-dir {cfg.runs_dir}   (MLflow experiment study-{cfg.study})")
+    print(
+        f"compare them: structsearch ui --runs-dir {cfg.runs_dir} --study {cfg.study}   (MLflow experiment study-{cfg.study})"
+    )
 
 
 def _gpus(text: str | None) -> list[str]:
