@@ -138,10 +138,10 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
 
 
-def _start(*argv: str) -> tuple[subprocess.Popen, list[str]]:
+def _start(*argv: str, **env: str) -> tuple[subprocess.Popen, list[str]]:
     """A structsearch command in its own process, its stdout lines collected as they come."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "structsearch", *argv], stdout=subprocess.PIPE, text=True, env=_env(), cwd=ROOT
+        [sys.executable, "-m", "structsearch", *argv], stdout=subprocess.PIPE, text=True, env=_env() | env, cwd=ROOT
     )
     lines: list[str] = []
 
@@ -217,11 +217,20 @@ def test_the_study_ends_in_the_store_as_it_ended(study_runs) -> None:
 
 
 @pytest.mark.slow
-def test_ui_prints_the_compare_page_of_the_best_runs_and_sigterm_stops_the_server(study_runs) -> None:
-    port = _free_port()
-    proc, lines = _start("ui", "--runs-dir", str(study_runs), "--port", str(port), "--top", "3")
+def test_ui_prints_and_opens_the_compare_page_of_the_best_runs_and_sigterm_stops_the_server(
+    study_runs, tmp_path
+) -> None:
+    port, opened = _free_port(), tmp_path / "opened.txt"
+    # webbrowser runs $BROWSER with the URL for %s: a "browser" that writes down what it was given.
+    browser = f"{sys.executable} -c 'import sys; open(sys.argv[1], \"w\").write(sys.argv[2])' {opened} %s"
+    argv = ["ui", "--runs-dir", str(study_runs), "--port", str(port), "--top", "3", "--open"]
+    proc, lines = _start(*argv, BROWSER=browser)
     url = _url_after(lines, "best runs compared", proc)
     try:
+        deadline = time.time() + 30
+        while not (opened.exists() and opened.read_text()) and time.time() < deadline:
+            time.sleep(0.2)
+        assert opened.read_text() == url
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as reply:
             assert reply.status == 200
         shown = _read_like_mlflow(url)
