@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -303,8 +304,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
         pages = _ui_pages(uri, args.study, args.storage, args.top, f"http://{serve.HOST}:{args.port}")
     # One worker: a local UI has one user, and MLflow's default 4 take a minute to start on 2 cores.
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", serve.HOST, "--workers", "1"]
+    # No job runner: its 7 huey consumers serve GenAI features (judges, trace rollups), not runs.
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     print(f"starting the MLflow UI on http://{serve.HOST}:{args.port}  (store {uri}); Ctrl-C stops it")
-    return _serve(cmd + ["--port", str(args.port)], f"http://{serve.HOST}:{args.port}/health", pages, args.open)
+    health = f"http://{serve.HOST}:{args.port}/health"
+    return _serve(cmd + ["--port", str(args.port)], health, pages, args.open, env)
 
 
 def _ui_pages(uri: str, study: str | None, storage: str | None, top: int, base: str) -> list[tuple[str, str]]:
@@ -338,7 +342,9 @@ def _ui_pages(uri: str, study: str | None, storage: str | None, top: int, base: 
     return pages
 
 
-def _serve(cmd: list[str], health: str, pages: list[tuple[str, str]], open_first: bool) -> int:
+def _serve(
+    cmd: list[str], health: str, pages: list[tuple[str, str]], open_first: bool, env: dict[str, str] | None = None
+) -> int:
     """Run a UI server until it exits or we are stopped; print ``pages`` once it answers, open the
     first one in a browser when asked. Ctrl-C and SIGTERM stop it and return 0."""
     import webbrowser
@@ -346,7 +352,7 @@ def _serve(cmd: list[str], health: str, pages: list[tuple[str, str]], open_first
     from structsearch import serve
 
     try:
-        with serve.server_group(cmd) as server:
+        with serve.server_group(cmd, env) as server:
             if not serve.wait_until_answering(health, server, timeout=180):
                 code = server.poll()
                 raise UsageError(f"the server did not answer at {health} (exit code {code}); see its output above")

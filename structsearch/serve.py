@@ -17,7 +17,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +36,16 @@ def check_port_free(port: int) -> None:
 
 
 @contextlib.contextmanager
-def server_group(cmd: Sequence[str]) -> Iterator[subprocess.Popen]:
-    """Run ``cmd`` as the leader of a new process group; SIGTERM raises KeyboardInterrupt inside the
-    block (as SIGINT does), and the group is stopped however the block ends."""
+def server_group(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """Run ``cmd`` (with environment ``env``, default ours) as the leader of a new process group;
+    SIGTERM raises KeyboardInterrupt inside the block (as SIGINT does), and the group is stopped
+    however the block ends."""
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
-    proc = subprocess.Popen(list(cmd), start_new_session=True)
+    proc = subprocess.Popen(list(cmd), env=None if env is None else dict(env), start_new_session=True)
     try:
         yield proc
     finally:

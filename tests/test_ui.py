@@ -192,7 +192,10 @@ def _stop_and_check(proc: subprocess.Popen, how: signal.Signals, port: int) -> N
     assert proc.wait(timeout=60) == 0
     assert _members(pgid) == set(), f"left running: {_members(pgid)} of {members}"
     with socket.socket() as s:
-        s.bind(("127.0.0.1", port))  # free again
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing listens
+    with socket.socket() as s:  # and a new server may bind it (as servers do, past TIME_WAIT connections)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
 
 
 @pytest.mark.slow
