@@ -136,6 +136,8 @@ class Objective:
         trial.set_user_attr("mlflow_run_id", result.run_id)
         trial.set_user_attr("status", result.status)
         trial.set_user_attr("scores", result.scores)
+        state = {"diverged": "diverged", "stopped": "pruned"}.get(result.status, "completed")
+        tracking.mark_state(self.tracker, result.run_id, state)
         if result.status == "diverged":
             trial.set_user_attr("reason", result.message)
             raise optuna.TrialPruned(result.message)
@@ -216,8 +218,14 @@ def prepare(cfg: SearchConfig, worker: int = 0) -> Prepared:
 
 def optimize(cfg: SearchConfig, prepared: Prepared | None = None) -> optuna.Study:
     """Run trials in this process until the study has trained ``n_trials`` distinct graphs (or every
-    graph of the space)."""
+    graph of the space); the study's parent run says whether that ended well (``study_status``)."""
     p = prepared or prepare(cfg)
+    with tracking.study_status(p.tracker, p.parent_run_id):
+        return _optimize(cfg, p)
+
+
+def _optimize(cfg: SearchConfig, prepared: Prepared) -> optuna.Study:
+    p = prepared
     cfg, study, tracker = p.cfg, p.study, p.tracker
     objective = Objective(cfg, study, p.dataset, p.space, tracker, p.parent_run_id)
     graphs = _enumerate(p.space)
@@ -297,10 +305,11 @@ def run_search(
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             env["OMP_NUM_THREADS"] = str(max(1, cores // n))
         procs.append(subprocess.Popen(cmd, env=env))
-    codes = [p.wait() for p in procs]
-    if any(codes):
-        raise RuntimeError(f"worker exit codes {codes}; see their output above")
-    mark_best(study, tracker)
+    with tracking.study_status(tracker, prepared.parent_run_id):
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise RuntimeError(f"worker exit codes {codes}; see their output above")
+        mark_best(study, tracker)
     return study
 
 
