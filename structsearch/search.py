@@ -133,6 +133,16 @@ class Objective:
             extra_scores=self.cfg.objectives,
             pruning=self._pruning(trial),
         )
+        values = self.record(trial, result)
+        if result.status == "diverged":
+            raise optuna.TrialPruned(result.message)
+        if result.status == "stopped":
+            raise optuna.TrialPruned(f"pruned at step {result.step}")
+        return values
+
+    def record(self, trial: optuna.Trial, result) -> tuple[float, ...] | float | None:
+        """A trained trial's result on the trial (attributes, constraint) and on its MLflow run (how it
+        ended); returns the objective values to tell, None when it did not complete."""
         trial.set_user_attr("mlflow_run_id", result.run_id)
         trial.set_user_attr("status", result.status)
         trial.set_user_attr("scores", result.scores)
@@ -140,9 +150,8 @@ class Objective:
         tracking.mark_state(self.tracker, result.run_id, state)
         if result.status == "diverged":
             trial.set_user_attr("reason", result.message)
-            raise optuna.TrialPruned(result.message)
-        if result.status == "stopped":
-            raise optuna.TrialPruned(f"pruned at step {result.step}")
+        if result.status != "completed":
+            return None
         if self.cfg.min_info is not None:
             trial.set_user_attr("constraint", [self.cfg.min_info - result.scores["info_min"]])
         return self._values(result.scores[o] for o in self.cfg.objectives)
