@@ -15,7 +15,6 @@ import dataclasses
 import errno
 import logging
 import os
-import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -252,18 +251,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     _check(inputs.check_name, args.study)
     out = _check(inputs.output_folder, args.out or Path(args.runs_dir) / args.study / "export", "--out", args.runs_dir)
     _check(inputs.writable_folder, out, "--out")
-    if args.storage:
-        storage = _check(inputs.check_database_url, args.storage, existing=True)
-    else:  # the default SQLite file; looking for a study never creates one
-        db = Path(args.runs_dir) / args.study / "study.db"
-        if not db.is_file():
-            raise UsageError(
-                f"no study {args.study!r} under {args.runs_dir} (no {db}); start it with `structsearch optimize "
-                f"--study {args.study}`, or pass --runs-dir or --storage"
-            )
-        storage = f"sqlite:///{db.resolve()}"
-    with _as_usage_errors(ValueError):
-        study = study_mod.load_existing(args.study, storage)
+    study, _ = _existing_study(args)
     best = study_mod.ranked(study)[: args.top]
     if not best:
         raise UsageError(f"study {args.study!r} has no completed trial yet")
@@ -282,35 +270,123 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
+def _existing_study(args: argparse.Namespace):
+    """(study, storage URL) of the Optuna study ``--study`` in ``--storage``, else in its SQLite
+    file under ``--runs-dir``; looking for a study never creates one."""
+    from structsearch import study as study_mod
 
-    from structsearch.tracking import default_uri
+    if args.storage:
+        storage = _check(inputs.check_database_url, args.storage, existing=True)
+    else:
+        db = Path(args.runs_dir) / args.study / "study.db"
+        if not db.is_file():
+            raise UsageError(
+                f"no study {args.study!r} under {args.runs_dir} (no {db}); start it with `structsearch optimize "
+                f"--study {args.study}`, or pass --runs-dir or --storage"
+            )
+        storage = f"sqlite:///{db.resolve()}"
+    with _as_usage_errors(ValueError):
+        return study_mod.load_existing(args.study, storage), storage
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """optuna-dashboard (the optional extra ``[dashboard]``) on a study's own storage."""
+    import optuna
+
+    from structsearch import serve
+
+    try:
+        import optuna_dashboard  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "optuna-dashboard is not installed: pip install 'structsearch[dashboard]' (or pip install optuna-dashboard)"
+        ) from None
+    _check(inputs.check_name, args.study)
+    _check(serve.check_port_free, args.port)
+    study, storage = _existing_study(args)
+    study_id = optuna.storages.get_storage(storage).get_study_id_from_name(study.study_name)
+    base = f"http://{serve.HOST}:{args.port}"
+    cmd = [sys.executable, "-m", "optuna_dashboard._cli", storage, "--host", serve.HOST, "--port", str(args.port)]
+    print(f"starting optuna-dashboard on {base}  (storage {storage}); Ctrl-C stops it")
+    page = (f"study {args.study}", f"{base}/dashboard/studies/{study_id}")
+    return _serve(cmd, f"{base}/api/meta", [page], args.open)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """The MLflow UI on the project's store, printing (and with --open opening) the compare-runs
+    page of a study's top runs; the server stops with this command (:mod:`structsearch.serve`)."""
+    from structsearch import serve, tracking
 
     runs_dir = _check(inputs.output_folder, args.runs_dir, "--runs-dir")
-    with socket.socket() as probe:  # a busy port is one line here, not a server's traceback later
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", args.port))
-        except OSError as err:
-            raise UsageError(
-                f"port {args.port} on 127.0.0.1 is in use ({err.strerror}); pick another with --port N"
-            ) from None
-    uri = args.tracking or default_uri(runs_dir)
-    print(f"MLflow UI on http://127.0.0.1:{args.port}  (store {uri}); Ctrl-C stops it")
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(args.port),
+    if args.study is not None:
+        _check(inputs.check_name, args.study)
+    _check(serve.check_port_free, args.port)
+    uri = args.tracking or tracking.default_uri(runs_dir)
+    _check_tracking(uri)
+    with _as_usage_errors(ValueError):
+        pages = _ui_pages(uri, args.study, args.storage, args.top, f"http://{serve.HOST}:{args.port}")
+    # One worker: a local UI has one user, and MLflow's default 4 take a minute to start on 2 cores.
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", serve.HOST, "--workers", "1"]
+    # No job runner: its 7 huey consumers serve GenAI features (judges, trace rollups), not runs.
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    print(f"starting the MLflow UI on http://{serve.HOST}:{args.port}  (store {uri}); Ctrl-C stops it")
+    health = f"http://{serve.HOST}:{args.port}/health"
+    return _serve(cmd + ["--port", str(args.port)], health, pages, args.open, env)
+
+
+def _ui_pages(uri: str, study: str | None, storage: str | None, top: int, base: str) -> list[tuple[str, str]]:
+    """(what, URL) of the pages to print: the study's compare-runs page of its ``top`` best runs (as
+    the study ranks them) and its experiment; the UI's front page when the store holds no study."""
+    from structsearch import study as study_mod
+    from structsearch import tracking
+
+    found = tracking.find_study(uri, study)
+    if found is None:
+        if study is not None:
+            raise ValueError(f"no study {study!r} in the tracking store {uri} (no experiment study-{study})")
+        return [("MLflow UI (no study tracked yet)", f"{base}/#/experiments?{tracking.WORKFLOW}")]
+    pages = [(f"study {found.study}: all runs", tracking.experiment_url(base, found.experiment_id))]
+    storage = storage or found.storage
+    try:
+        if not storage:
+            raise ValueError("its MLflow run records none; pass --storage")
+        ranked = study_mod.ranked(
+            study_mod.load_existing(found.study, inputs.check_database_url(storage, existing=True))
+        )
+    except ValueError as err:  # a storage that moved: the experiment page still works
+        print(f"no compare page: the Optuna storage of study {found.study} does not open ({err})")
+        return pages
+    run_ids = list(dict.fromkeys(t.user_attrs["mlflow_run_id"] for t in ranked if t.user_attrs.get("mlflow_run_id")))[
+        :top
     ]
-    return subprocess.call(cmd)
+    if run_ids:
+        compare = tracking.compare_url(base, found.experiment_id, run_ids)
+        pages.insert(0, (f"study {found.study}: its {len(run_ids)} best runs compared", compare))
+    return pages
+
+
+def _serve(
+    cmd: list[str], health: str, pages: list[tuple[str, str]], open_first: bool, env: dict[str, str] | None = None
+) -> int:
+    """Run a UI server until it exits or we are stopped; print ``pages`` once it answers, open the
+    first one in a browser when asked. Ctrl-C and SIGTERM stop it and return 0."""
+    import webbrowser
+
+    from structsearch import serve
+
+    try:
+        with serve.server_group(cmd, env) as server:
+            if not serve.wait_until_answering(health, server, timeout=180):
+                code = server.poll()
+                raise UsageError(f"the server did not answer at {health} (exit code {code}); see its output above")
+            for what, url in pages:
+                print(f"{what}:\n  {url}", flush=True)  # flushed: a pipe or a log file sees it at once
+            if open_first and not webbrowser.open(pages[0][1]):
+                print("--open: no web browser found here; open the URL above yourself")
+            return server.wait()
+    except KeyboardInterrupt:
+        print("stopped")
+        return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -456,7 +532,9 @@ def _print_top(study, cfg, top: int) -> None:
             "each trial's codes have coordinates of their own (docs/design.md section 8; "
             "try `structsearch identifiability`, --anchor-labels or --lambda-pair)"
         )
-    print(f"compare them: structsearch ui --runs-dir {cfg.runs_dir}   (MLflow experiment study-{cfg.study})")
+    print(
+        f"compare them: structsearch ui --runs-dir {cfg.runs_dir} --study {cfg.study}   (MLflow experiment study-{cfg.study})"
+    )
 
 
 def _gpus(text: str | None) -> list[str]:
@@ -802,11 +880,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remixes", type=int, default=3, help="random invertible linear remixes (default: 3)")
     p.set_defaults(func=cmd_identifiability)
 
-    p = sub.add_parser("ui", help="start the MLflow UI on the project's tracking store, bound to 127.0.0.1")
+    p = sub.add_parser(
+        "ui", help="start the MLflow UI on the project's tracking store (127.0.0.1) at a study's top runs compared"
+    )
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--tracking", help="tracking URI (default: sqlite:///<runs-dir>/mlflow.db)")
     p.add_argument("--port", type=inputs.port, default=5000, help="port on 127.0.0.1, 1-65535 (default: 5000)")
+    p.add_argument("--study", help="the study whose runs to compare (default: the one tracked last)")
+    p.add_argument("--storage", help="the study's Optuna storage URL (default: the one its MLflow run records)")
+    p.add_argument("--top", type=inputs.count, default=5, help="best runs on the compare page (default: 5)")
+    p.add_argument("--open", action="store_true", help="open the compare page in a web browser")
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser(
+        "dashboard", help="start optuna-dashboard on a study's storage (pip install 'structsearch[dashboard]')"
+    )
+    p.add_argument("--study", required=True)
+    p.add_argument("--storage", help="Optuna storage URL (default: the study's SQLite file under --runs-dir)")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--port", type=inputs.port, default=8080, help="port on 127.0.0.1, 1-65535 (default: 8080)")
+    p.add_argument("--open", action="store_true", help="open the study's page in a web browser")
+    p.set_defaults(func=cmd_dashboard)
     return parser
 
 

@@ -150,16 +150,27 @@ class Objective:
             extra_scores=self.cfg.objectives,
             pruning=self._pruning(trial),
         )
+        values = self.record(trial, result)
+        if result.status == "diverged":
+            raise optuna.TrialPruned(result.message)
+        if result.status == "stopped":
+            raise optuna.TrialPruned(f"pruned at step {result.step}")
+        return values
+
+    def record(self, trial: optuna.Trial, result) -> tuple[float, ...] | float | None:
+        """A trained trial's result on the trial (attributes, constraint) and on its MLflow run (how it
+        ended); returns the objective values to tell, None when it did not complete."""
         trial.set_user_attr("mlflow_run_id", result.run_id)
         if result.resumed_at:
             trial.set_user_attr("resumed_at", result.resumed_at)
         trial.set_user_attr("status", result.status)
         trial.set_user_attr("scores", result.scores)
+        state = {"diverged": "diverged", "stopped": "pruned"}.get(result.status, "completed")
+        tracking.mark_state(self.tracker, result.run_id, state)
         if result.status == "diverged":
             trial.set_user_attr("reason", result.message)
-            raise optuna.TrialPruned(result.message)
-        if result.status == "stopped":
-            raise optuna.TrialPruned(f"pruned at step {result.step}")
+        if result.status != "completed":
+            return None
         if self.cfg.min_info is not None:
             trial.set_user_attr("constraint", [self.cfg.min_info - result.scores["info_min"]])
         return self._values(result.scores[o] for o in self.cfg.objectives)
@@ -235,9 +246,16 @@ def prepare(cfg: SearchConfig, worker: int = 0) -> Prepared:
 
 def optimize(cfg: SearchConfig, prepared: Prepared | None = None, threads: int | None = None) -> optuna.Study:
     """Run trials in this process until the study has trained ``n_trials`` distinct graphs (or every
-    graph of the space). ``threads``: torch threads per trial; None shares the cores with the live
-    workers on this machine, counted before each trial (:func:`thread_share`)."""
+    graph of the space); the study's parent run says whether that ended well (``study_status``).
+    ``threads``: torch threads per trial; None shares the cores with the live workers on this
+    machine, counted before each trial (:func:`thread_share`)."""
     p = prepared or prepare(cfg)
+    with tracking.study_status(p.tracker, p.parent_run_id):
+        return _optimize(cfg, p, threads)
+
+
+def _optimize(cfg: SearchConfig, prepared: Prepared, threads: int | None) -> optuna.Study:
+    p = prepared
     cfg, study, tracker = p.cfg, p.study, p.tracker
     objective = Objective(cfg, study, p.dataset, p.space, tracker, p.parent_run_id)
     graphs = _enumerate(p.space)
@@ -331,10 +349,11 @@ def run_search(
         elif threads or "OMP_NUM_THREADS" not in env:  # CPU workers share the cores instead of each taking all
             env["OMP_NUM_THREADS"] = str(threads or thread_share(n))
         procs.append(subprocess.Popen(cmd, env=env))
-    codes = [p.wait() for p in procs]
-    if any(codes):
-        raise WorkersFailed(f"worker exit codes {codes}; each said why above. Rerun the same command to resume")
-    mark_best(study, tracker)
+    with tracking.study_status(tracker, prepared.parent_run_id):
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise WorkersFailed(f"worker exit codes {codes}; each said why above. Rerun the same command to resume")
+        mark_best(study, tracker)
     return study
 
 

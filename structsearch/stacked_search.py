@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from gan.stacked import StackedTrainer, check_config
 from gan.train import TrainConfig, Trainer, TrainResult
+from structsearch import tracking
 from structsearch.config import RunConfig
 from structsearch.graph import Graph
 from structsearch.scores import Evaluator
@@ -95,14 +96,15 @@ def optimize_stacked(cfg: SearchConfig, stack: int, prepared: Prepared | None = 
         logger.info("the space holds %d graphs: --trials %d trains all of them", len(graphs), cfg.n_trials)
     logger.info("training up to %d trials at a time in this process (--stack %d)", stack, stack)
     rng = np.random.default_rng([cfg.seed, len(study.trials)])
-    while True:
-        fail_stale_trials(study)  # a dead worker's trial is failed here and re-enqueued (same graph)
-        if trained_graphs(study) >= target:
-            break
-        batch = ask_batch(objective, stack, target, graphs, rng)
-        if batch:
-            train_batch(objective, batch)
-        _log_progress(study, cfg)
+    with tracking.study_status(p.tracker, p.parent_run_id):
+        while True:
+            fail_stale_trials(study)  # a dead worker's trial is failed here and re-enqueued (same graph)
+            if trained_graphs(study) >= target:
+                break
+            batch = ask_batch(objective, stack, target, graphs, rng)
+            if batch:
+                train_batch(objective, batch)
+            _log_progress(study, cfg)
     if graphs and target == len(graphs):
         logger.info("all %d graphs of the space are trained: the search is exhaustive", len(graphs))
     mark_best(study, p.tracker)
@@ -255,17 +257,8 @@ def _scores(objective: Objective, m: Member, result: TrainResult) -> dict[str, f
 
 def tell(objective: Objective, m: Member) -> None:
     """The member's result recorded on its trial and told: ``Objective.__call__`` after ``run_trial``."""
-    cfg, study, trial, result = objective.cfg, objective.study, m.trial, m.result
-    trial.set_user_attr("mlflow_run_id", result.run_id)
-    if result.resumed_at:
-        trial.set_user_attr("resumed_at", result.resumed_at)
-    trial.set_user_attr("status", result.status)
-    trial.set_user_attr("scores", result.scores)
-    if result.status == "diverged":
-        trial.set_user_attr("reason", result.message)
-    if result.status != "completed":
-        study.tell(trial, state=TrialState.PRUNED)
-        return
-    if cfg.min_info is not None:
-        trial.set_user_attr("constraint", [cfg.min_info - result.scores["info_min"]])
-    study.tell(trial, objective._values(result.scores[o] for o in cfg.objectives))
+    values = objective.record(m.trial, m.result)
+    if values is None:
+        objective.study.tell(m.trial, state=TrialState.PRUNED)
+    else:
+        objective.study.tell(m.trial, values)

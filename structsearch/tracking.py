@@ -7,19 +7,34 @@ parent with the ``mlflow.parentRunId`` tag, which is what the MLflow UI nests by
 The default store is ``sqlite:///<project>/runs/mlflow.db`` (MLflow's file store is deprecated),
 and artifacts go to ``runs/mlartifacts`` next to it, set explicitly when the experiment is
 created so nothing depends on the current directory.
+
+What the MLflow UI shows (3.17):
+
+* A study's experiment is tagged ``mlflow.experimentKind = custom_model_development``, the kind the
+  UI's experiment-type selector calls model training. The 3.17 UI itself decides between its GenAI
+  pages (Traces, an assistant) and its model-training pages (Runs) by a ``workflowType`` switch
+  (the URL's ``workflowType=machine_learning``, else the browser's last choice, GenAI at first), so
+  the URLs :func:`experiment_url` and :func:`compare_url` build carry ``workflowType`` too.
+* A study's parent run is RUNNING while a process works on the study and FINISHED when the study
+  ends, KILLED on Ctrl-C, FAILED on an error (:func:`study_status`).
+* A trial run carries ``structsearch.state`` (completed, pruned, diverged). A pruned trial ends
+  FINISHED, not KILLED: the pruner stopped it on purpose and its scores at that step are real, while
+  MLflow's KILLED reads as "someone killed it" (:func:`mark_state`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import math
 import os
 import socket
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +45,12 @@ NONE = "none"
 SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
 ACCEPTED = "expected sqlite:///PATH/mlflow.db, http(s)://HOST:PORT, a database URL, or 'none'"
 PROBE_TIMEOUT_S = 5  # a server that does not answer is refused at once, not after MLflow's retries
+STUDY_PREFIX = "study-"  # a study's experiment is study-<name>
+# The experiment type MLflow 3's UI offers for classic training (its selector writes this tag).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+WORKFLOW = "workflowType=machine_learning"  # the 3.17 UI's switch from its GenAI pages to the Runs pages
+STATE_TAG = "structsearch.state"
+STATE_STATUS = {"completed": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED"}
 
 
 class Tracker(Protocol):
@@ -90,7 +111,9 @@ class MlflowTracker:
         if found is None:
             location = artifact_root.resolve().as_uri() if artifact_root else None
             try:
-                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=location, tags=EXPERIMENT_KIND
+                )
             except Exception:  # another worker created it first
                 found = self.client.get_experiment_by_name(experiment)
                 if found is None:
@@ -98,6 +121,9 @@ class MlflowTracker:
                 self.experiment_id = found.experiment_id
         else:
             self.experiment_id = found.experiment_id
+            if not set(EXPERIMENT_KIND) <= set(found.tags):  # an experiment made before the tag was set
+                for key, value in EXPERIMENT_KIND.items():
+                    self.client.set_experiment_tag(self.experiment_id, key, value)
 
     def start_run(self, name, params, tags=None, parent_run_id=None):
         tags = dict(tags or {})
@@ -176,6 +202,94 @@ def mark_best(
         tracker.set_tags(run_id, {"structsearch.best": "1"})
     if parent:
         tracker.set_tags(parent, summary)
+
+
+def mark_state(tracker: Tracker, run_id: str | None, state: str) -> None:
+    """Tag a trial's run with how it ended (``structsearch.state``: completed, pruned or diverged)
+    and give it the MLflow status that reads right (:data:`STATE_STATUS`)."""
+    if run_id:
+        tracker.set_tags(run_id, {STATE_TAG: state})
+        tracker.end_run(run_id, STATE_STATUS[state])
+
+
+@contextlib.contextmanager
+def study_status(tracker: Tracker, run_id: str | None) -> Iterator[None]:
+    """The study's parent run is RUNNING inside the block, then FINISHED; KILLED when the block is
+    interrupted (Ctrl-C, ``sys.exit``), FAILED when it raises. Several workers each wrap their own
+    loop, so the status is that of the last one to stop."""
+    if not run_id:
+        yield
+        return
+    tracker.resume_run(run_id)
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        tracker.end_run(run_id, "KILLED")
+        raise
+    except BaseException:
+        tracker.end_run(run_id, "FAILED")
+        raise
+    tracker.end_run(run_id, "FINISHED")
+
+
+# ---- the UI's pages ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudyRuns:
+    """A study as the tracking store holds it: its experiment, its parent run, the Optuna storage."""
+
+    study: str
+    experiment_id: str
+    parent_run_id: str | None
+    storage: str | None  # the parent run's ``storage`` param
+
+
+def find_study(uri: str, study: str | None = None) -> StudyRuns | None:
+    """The experiment ``study-<study>`` in the store at ``uri``; with no name, the study whose
+    experiment was updated last. None when there is no such experiment."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None  # nothing tracked yet; looking never creates a store
+    client = MlflowClient(tracking_uri=uri)
+    with _store_lock(uri):  # the first client of a new SQLite store creates its tables
+        experiments = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000)
+    studies = [e for e in experiments if e.name.startswith(STUDY_PREFIX)]
+    if study is not None:
+        found = next((e for e in studies if e.name == STUDY_PREFIX + study), None)
+    else:
+        found = max(studies, key=lambda e: e.last_update_time or e.creation_time or 0, default=None)
+    if found is None:
+        return None
+    role = "tags.`structsearch.role` = 'study'"
+    parents = client.search_runs([found.experiment_id], filter_string=role, max_results=1)
+    parent = parents[0] if parents else None
+    return StudyRuns(
+        found.name.removeprefix(STUDY_PREFIX),
+        found.experiment_id,
+        parent.info.run_id if parent else None,
+        parent.data.params.get("storage") if parent else None,
+    )
+
+
+def experiment_url(base: str, experiment_id: str) -> str:
+    """The experiment's Runs page in the MLflow UI at ``base`` (http://HOST:PORT)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{WORKFLOW}"
+
+
+def compare_url(base: str, experiment_id: str, run_ids: Sequence[str]) -> str:
+    """MLflow's compare-runs page for ``run_ids``: the route the 3.17 UI builds itself
+    (``getCompareRunPageRoute``: ``#/compare-runs?runs=<JSON list>&experiments=<JSON list>``), whose
+    reader parses ``runs`` as the first key. The JSON is percent-encoded, which the reader undoes, so
+    the URL survives a terminal and a shell."""
+
+    def encoded(value: list[str]) -> str:
+        return urllib.parse.quote(json.dumps(value, separators=(",", ":")), safe="")
+
+    query = f"runs={encoded(list(run_ids))}&experiments={encoded([experiment_id])}&{WORKFLOW}"
+    return f"{base.rstrip('/')}/#/compare-runs?{query}"
 
 
 def default_uri(runs_dir: Path) -> str:

@@ -9,7 +9,8 @@
 
     runs/<name>/config.json      resolved RunConfig
                 graph.json/.png  the graph
-                checkpoint.pt    G, D/Q, optimizers, step, random streams (atomic writes)
+                checkpoint.pt    G, D/Q, optimizers, step, random streams (atomic writes); kept here
+                                 only: the MLflow run names it (tags structsearch.checkpoint, _sha256)
                 traversals/      one grid per code + extrapolation grids
                 scores.json      the scores after training, with the run's status
                 run.json         MLflow run id (so --resume continues the same MLflow run)
@@ -307,10 +308,10 @@ class Recorder:
                 self.tracker.log_artifact(run_id, path, "traversals")
         summary = {"status": result.status, "message": result.message, "step": result.step, "scores": scores}
         (self.run_dir / "scores.json").write_text(json.dumps(summary, indent=2) + "\n")
-        for artifact in ("config.json", "graph.json", "graph.png", "scores.json", "checkpoint.pt", "anchors.json"):
+        for artifact in ("config.json", "graph.json", "graph.png", "scores.json", "anchors.json"):
             if artifact != "anchors.json" or (self.run_dir / artifact).exists():
                 self.tracker.log_artifact(run_id, self.run_dir / artifact)
-        self.tracker.set_tags(run_id, {"status": result.status, "message": result.message})
+        self.tracker.set_tags(run_id, {"status": result.status, "message": result.message} | self._checkpoint_tags())
         status = {"diverged": "FAILED", "stopped": "KILLED"}.get(result.status, "FINISHED")
         self.tracker.end_run(run_id, status)
         if result.status == "completed" and self.objectives:
@@ -318,6 +319,22 @@ class Recorder:
         return TrialResult(
             result.status, result.message, result.step, self.run_dir, run_id, scores, seconds, self.resumed_at
         )
+
+    def _checkpoint_tags(self) -> dict[str, str]:
+        """Where the checkpoint is, instead of a second copy in MLflow's artifacts (it is most of a
+        run's bytes, and ``evaluate`` and ``--resume`` read the run folder's): its absolute path,
+        size and sha256, to tell that the file is still the one the run ended with."""
+        if not self.checkpoint.exists():
+            return {}
+        digest = hashlib.sha256()
+        with open(self.checkpoint, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return {
+            "structsearch.checkpoint": str(self.checkpoint.resolve()),
+            "structsearch.checkpoint_bytes": str(self.checkpoint.stat().st_size),
+            "structsearch.checkpoint_sha256": digest.hexdigest(),
+        }
 
 
 def run_trial(

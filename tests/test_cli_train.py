@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -51,7 +52,13 @@ def test_train_on_shapes_tracks_everything_and_resumes(tmp_path, capsys) -> None
     scores = {k: v for k, v in run.data.metrics.items() if k.startswith("score/")}
     assert {"score/struct_bic", "score/agreement", "score/info"} <= set(scores)
     assert all(math.isfinite(v) for v in scores.values())
-    assert {"checkpoint.pt", "graph.png", "graph.json", "config.json", "traversals/traversal_c1.png"} <= artifacts
+    assert {"graph.png", "graph.json", "config.json", "traversals/traversal_c1.png"} <= artifacts
+    # The checkpoint is stored once, in the run folder; the MLflow run names it.
+    assert "checkpoint.pt" not in artifacts
+    checkpoint = out / "checkpoint.pt"
+    assert run.data.tags["structsearch.checkpoint"] == str(checkpoint.resolve())
+    assert run.data.tags["structsearch.checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert run.data.tags["structsearch.checkpoint_bytes"] == str(checkpoint.stat().st_size)
     assert run.info.status == "FINISHED"
     assert len(client.get_metric_history(run.info.run_id, "loss/d")) == 2  # every log_every=5 steps
 
@@ -59,6 +66,8 @@ def test_train_on_shapes_tracks_everything_and_resumes(tmp_path, capsys) -> None
     assert main([*argv, "--resume", "--steps", "20"]) == 0
     _, resumed, _ = _only_run(runs / "mlflow.db")
     assert resumed.info.run_id == run.info.run_id
+    assert resumed.data.tags["structsearch.checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert resumed.data.tags["structsearch.checkpoint_sha256"] != run.data.tags["structsearch.checkpoint_sha256"]
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["step"] == 20
     assert json.loads((out / "scores.json").read_text())["step"] == 20

@@ -56,6 +56,9 @@ def test_stack_2_trains_4_distinct_graphs_as_ordinary_trials(tmp_path) -> None:
     children = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 4 and all("objective/struct_bic" in r.data.metrics for r in children)
     assert sum(r.data.tags.get("structsearch.best") == "1" for r in children) == 1
+    assert all(r.data.tags.get("structsearch.state") in ("completed", "pruned") for r in children)
+    parent = next(r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.info.status == "FINISHED"  # the study's run ends with the study, as a plain one's does
 
     # A plain study's trial carries the same attributes.
     assert _optimize(runs, "plain", 2, "--tracking", "none") == 0
