@@ -33,6 +33,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -239,6 +240,10 @@ def prepare(cfg: SearchConfig, worker: int = 0) -> Prepared:
     if cfg.sampler == "grid" and not isinstance(space, CandidatesSpace):  # one categorical choice to enumerate
         space = CandidatesSpace(spec, space.constraints, graphs=space.all_graphs())
     study = open_study(cfg, worker)
+    if not study.metric_names:  # named objectives in optuna-dashboard and study.trials_dataframe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(cfg.objectives))
     enqueue_seeds(study, space, [independent] + [load_graph(g, spec) for g in cfg.seed_graphs])
     tracker = make_tracker(cfg.tracking, f"study-{cfg.study}", Path(cfg.runs_dir))
     return Prepared(cfg, study, dataset, space, tracker, _parent_run(study, tracker, cfg, space))

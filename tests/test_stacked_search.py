@@ -47,6 +47,7 @@ def test_stack_2_trains_4_distinct_graphs_as_ordinary_trials(tmp_path) -> None:
     keys = [t.user_attrs["graph_key"] for t in trained]
     assert len(set(keys)) == len(keys) == 4
     assert trained[0].user_attrs["graph_key"] == "c1->q1, c2->q2, c3->q3"  # the independent seed first
+    assert study.metric_names == ["struct_bic"]  # named in optuna-dashboard
     assert all(set(t.intermediate_values) == {10} for t in trained)  # reported to the (median) pruner
     for repeat in (t for t in study.trials if "duplicate_of" in t.user_attrs):  # answered, not trained
         assert repeat.values == study.trials[repeat.user_attrs["duplicate_of"]].values
