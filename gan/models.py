@@ -14,7 +14,8 @@ the base (64x64: G deconvs 128 -> 64 -> 32 -> C, D convs C -> 32 -> 64 -> 128).
 Q returns raw logits and means: the losses apply ``F.cross_entropy`` and the MSE themselves,
 and the structural regularizer applies its own softmax. Layers followed by batch norm carry
 no bias (it would be cancelled by the norm). ``width`` scales every hidden size (min 8) so
-tests and CPU demos can use narrow nets.
+tests and CPU demos can use narrow nets. The linear layers are :class:`gan.onednn.Linear`
+(``nn.Linear`` whose fp32 CPU matmuls run in oneDNN, about 2x faster than MKL on AMD CPUs).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from gan.latents import LatentSpec
+from gan.onednn import Linear
 
 # (H, W) -> side of the base feature map that G upsamples from and D flattens.
 _BASE_SIDE: dict[tuple[int, int], int] = {(28, 28): 7, (32, 32): 8, (64, 64): 8}
@@ -68,10 +70,10 @@ class Generator(nn.Module):
         side, channels = _channel_ladder(self.image_shape, width)
         fc_dim = _scaled(FC_DIM, width)
         self.fc = nn.Sequential(
-            nn.Linear(spec.input_dim, fc_dim, bias=False),
+            Linear(spec.input_dim, fc_dim, bias=False),
             nn.BatchNorm1d(fc_dim),
             nn.ReLU(),
-            nn.Linear(fc_dim, channels[0] * side * side, bias=False),
+            Linear(fc_dim, channels[0] * side * side, bias=False),
             nn.BatchNorm1d(channels[0] * side * side),
             nn.ReLU(),
             nn.Unflatten(1, (channels[0], side, side)),
@@ -117,17 +119,17 @@ class Discriminator(nn.Module):
             ]
         layers += [
             nn.Flatten(),
-            nn.Linear(channels[-1] * side * side, fc_dim, bias=False),
+            Linear(channels[-1] * side * side, fc_dim, bias=False),
             nn.BatchNorm1d(fc_dim),
             nn.LeakyReLU(LEAK),
         ]
         self.trunk = nn.Sequential(*layers)
-        self.d_head = nn.Linear(fc_dim, 1)
+        self.d_head = Linear(fc_dim, 1)
         self.q_head = nn.Sequential(
-            nn.Linear(fc_dim, q_dim, bias=False),
+            Linear(fc_dim, q_dim, bias=False),
             nn.BatchNorm1d(q_dim),
             nn.LeakyReLU(LEAK),
-            nn.Linear(q_dim, spec.code_dim),
+            Linear(q_dim, spec.code_dim),
         )
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
