@@ -126,6 +126,20 @@ class TrainConfig:
             )
 
 
+def memory_format(device: torch.device) -> torch.memory_format:
+    """The conv weights' layout: channels_last on a CPU, where oneDNN's NHWC convolutions are faster
+    (docs/results/speed/README.md), torch's default elsewhere (not measured there). Activations follow
+    the weights, so inputs need no conversion; the values change only by float rounding."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
+def adam(params, lr: float, beta1: float, device: torch.device) -> torch.optim.Adam:
+    """Adam with InfoGAN's beta2, fused (one kernel over all parameters) on CPU and CUDA: the
+    default per-tensor loop makes several passes over each of the 13.3M parameters of a step."""
+    fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
+    return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), **fused)
+
+
 @dataclass(frozen=True)
 class Anchors:
     """M training images whose codes are known, for the supervised term of ss-InfoGAN.
@@ -198,11 +212,11 @@ class Trainer:
         self.cfg, self.spec, self.sample_real, self.device = cfg, spec, sample_real, device
         self.anchors = anchors
         torch.manual_seed(cfg.seed)  # weight init
-        self.G, self.D = (m.to(device) for m in build_models(spec, image_shape, cfg.width))
+        layout = memory_format(device)
+        self.G, self.D = (m.to(device, memory_format=layout) for m in build_models(spec, image_shape, cfg.width))
         self.prior = CodePrior(spec, parents if cfg.code_prior == "graph" else None)
-        fused = {"fused": True} if device.type == "cuda" else {}
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.999), **fused)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.999), **fused)
+        self.opt_g = adam(self.G.parameters(), cfg.lr_g, cfg.beta1, device)
+        self.opt_d = adam(self.D.parameters(), cfg.lr_d, cfg.beta1, device)
         self.data_rng = torch.Generator(device).manual_seed(cfg.seed)
         self.latent_rng = torch.Generator(device).manual_seed(cfg.seed + 1)
         self.anchor_rng = torch.Generator(device).manual_seed(cfg.seed + 2) if anchors is not None else None

@@ -1,0 +1,21 @@
+"""The training step as it was before the CPU speed-ups, for tests pinned to values recorded then."""
+
+from __future__ import annotations
+
+import torch
+
+from gan.onednn import Linear
+from gan.train import Trainer
+
+
+def plain_layers(trainer: Trainer) -> Trainer:
+    """``trainer`` with contiguous convs, ``nn.Linear`` and per-tensor Adam (the state before issue 17)."""
+    for net in (trainer.G, trainer.D):
+        net.to(memory_format=torch.contiguous_format)
+        for m in net.modules():
+            if type(m) is Linear:
+                m.__class__ = torch.nn.Linear
+    cfg = trainer.cfg
+    trainer.opt_g = torch.optim.Adam(trainer.G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.999))
+    trainer.opt_d = torch.optim.Adam(trainer.D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.999))
+    return trainer
