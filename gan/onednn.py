@@ -9,9 +9,10 @@ forward, the input gradient and the weight gradient) run 1.5-2.3x faster in oneD
 (docs/results/speed/README.md).
 
 :class:`Linear` is ``nn.Linear`` (same parameters, state dict and init) whose forward takes the
-oneDNN path when it can: a 2-D fp32 input on the CPU, outside autocast and outside torch.func
-transforms (``vmap``, ``grad``: the stacked trainer runs the nets under vmap), with torch built
-with oneDNN. Everywhere else it is ``F.linear``. The results equal ``F.linear``'s to float
+oneDNN path when it can: a 2-D fp32 input on the CPU, outside autocast, torch.func transforms
+(``vmap``, ``grad``: the stacked trainer runs the nets under vmap) and ``torch.compile`` (whose
+lowering of the op wants frozen weights), with torch built with oneDNN. Everywhere else it is
+``F.linear``. The results equal ``F.linear``'s to float
 rounding (another summation order: about 1e-6 relative in fp32).
 """
 
@@ -32,8 +33,8 @@ def _linear_op():
 _LINEAR = _linear_op()
 
 
-def _mm_t(a: Tensor, b: Tensor) -> Tensor:
-    """a @ b.T in oneDNN: a (M, K), b (N, K), either may be a transposed view -> (M, N)."""
+def matmul_nt(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b.T in oneDNN: a (M, K), b (N, K), either may be a transposed view -> (M, N) (fp32, CPU)."""
     return _LINEAR(a, b, None, "none", [], "")
 
 
@@ -50,8 +51,8 @@ class _OneDNNLinear(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        grad_x = _mm_t(grad, weight.t()) if need_x else None  # (B, out) @ (out, in)
-        grad_w = _mm_t(grad.t(), x.t()) if need_w else None  # (out, B) @ (B, in)
+        grad_x = matmul_nt(grad, weight.t()) if need_x else None  # (B, out) @ (out, in)
+        grad_w = matmul_nt(grad.t(), x.t()) if need_w else None  # (out, B) @ (B, in)
         grad_b = grad.sum(0) if ctx.has_bias and need_b else None
         return grad_x, grad_w, grad_b
 
@@ -65,6 +66,7 @@ def uses_onednn(x: Tensor, weight: Tensor) -> bool:
     """Whether :class:`Linear` sends this input through oneDNN (see the module docstring)."""
     return (
         _LINEAR is not None
+        and not torch.compiler.is_compiling()  # inductor lowers this op only with frozen weights
         and x.device.type == "cpu"
         and x.dim() == 2
         and x.dtype == weight.dtype == torch.float32

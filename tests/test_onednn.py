@@ -63,3 +63,12 @@ def test_vmap_over_stacked_layers_falls_back_and_equals_each_layer() -> None:
     stacked = torch.vmap(lambda p, b, xi: functional_call(base, (p, b), (xi,)))(params, buffers, x)
     for k, layer in enumerate(layers):
         assert torch.allclose(stacked[k], F.linear(x[k], layer.weight, layer.bias), atol=1e-6)
+
+
+def test_compiled_layer_falls_back_and_trains() -> None:
+    ours, plain = _pair(30, 20, True)
+    x = torch.randn(8, 30)
+    compiled = torch.compile(ours)
+    y = compiled(x)
+    y.sum().backward()
+    assert torch.allclose(y, plain(x), atol=1e-6) and ours.weight.grad is not None
