@@ -7,9 +7,9 @@ arithmetic takes less than its launches is launch-bound and its speed is its op 
 is taken with a :class:`~torch.utils._python_dispatch.TorchDispatchMode`, which sees every op that
 reaches the aten dispatcher below autograd: the forward, the backward (the autograd engine carries
 the mode to its threads) and the optimizer steps; views and in-place updates count too, since each
-is a dispatch. It does not depend on the device, so a CPU count tells the GPU's launch count,
-up to fused optimizers (Adam is ``fused`` on CUDA, one op per parameter group instead of a
-foreach chain).
+is a dispatch, and the computing ops (not views, which launch no kernel) are counted apart. It does
+not depend on the device (Adam is ``fused`` on CPU and CUDA alike), so a CPU count tells the GPU's
+launch count.
 
 Steps of the `paper` net (InfoGAN-MNIST, width 1) are counted after two warm-up steps: R_G on
 the paper's entangled graph (q2, q3 -> q4 on cat10,cont,cont,cont; bench/paper_mnist.sh) and R_G
@@ -45,24 +45,37 @@ CASES: dict[str, tuple[str, str | None]] = {
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts every aten op dispatched while it is active, by overload packet (``aten.mm``)."""
+    """Counts every aten op dispatched while it is active, by overload packet (``aten.mm``), and
+    how many of them compute (not a view: on a GPU a view launches no kernel) and how many ran
+    inside an optimizer step (``watch`` an optimizer to tell)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.counts: Counter[str] = Counter()
+        self.compute = self.optimizer = 0
+        self._in_optimizer = False
+
+    def watch(self, optimizer: torch.optim.Optimizer) -> None:
+        """Count the ops of ``optimizer.step()`` as optimizer ops from now on."""
+        optimizer.register_step_pre_hook(lambda *_: setattr(self, "_in_optimizer", True))
+        optimizer.register_step_post_hook(lambda *_: setattr(self, "_in_optimizer", False))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.counts[str(func.overloadpacket)] += 1
+        self.compute += not (func.is_view or func.overloadpacket is torch.ops.aten._unsafe_view)
+        self.optimizer += self._in_optimizer
         return func(*args, **(kwargs or {}))
 
+    def total(self) -> int:
+        return sum(self.counts.values())
 
-def count_ops(fn: Callable[[], object], n_calls: int = 1) -> Counter[str]:
-    """aten ops per call of ``fn`` (the total over ``n_calls`` calls, divided by ``n_calls``)."""
-    counter = OpCounter()
+
+def count_ops(fn: Callable[[], object], counter: OpCounter | None = None) -> OpCounter:
+    """The aten ops one call of ``fn`` dispatches (into ``counter``, if given: one that watches optimizers)."""
+    counter = counter if counter is not None else OpCounter()
     with counter:
-        for _ in range(n_calls):
-            fn()
-    return Counter({name: count // n_calls for name, count in counter.counts.items()})
+        fn()
+    return counter
 
 
 def make_trainer(codes: str, graph: str | None, batch: int, device: torch.device) -> Trainer:
@@ -78,12 +91,24 @@ def make_trainer(codes: str, graph: str | None, batch: int, device: torch.device
     return Trainer(cfg, spec, parents, sample_real, (1, 28, 28), device)
 
 
-def step_ops(codes: str, graph: str | None, batch: int, device: torch.device, n_steps: int = 3) -> Counter[str]:
-    """aten ops of one ``Trainer.train_step``, after two warm-up steps (lazy state such as Adam's)."""
+def step_ops(codes: str, graph: str | None, batch: int, device: torch.device) -> dict:
+    """aten ops of one ``Trainer.train_step``, after two warm-up steps (lazy state such as Adam's):
+    all, computing, and inside the two Adam steps."""
     trainer = make_trainer(codes, graph, batch, device)
     for _ in range(2):
         trainer.train_step()
-    return count_ops(trainer.train_step, n_steps)
+    counter = OpCounter()
+    counter.watch(trainer.opt_g)
+    counter.watch(trainer.opt_d)
+    count_ops(trainer.train_step, counter)
+    return {
+        "codes": codes,
+        "graph": graph,
+        "ops": counter.total(),
+        "compute_ops": counter.compute,
+        "optimizer_ops": counter.optimizer,
+        "top": dict(counter.counts.most_common(12)),
+    }
 
 
 def main() -> None:
@@ -93,13 +118,17 @@ def main() -> None:
     parser.add_argument("--out", default="docs/results/speed/op_count_cpu.json")
     args = parser.parse_args()
     device = torch.device(args.device)
-    rows = {}
-    for name, (codes, graph) in CASES.items():
-        counts = step_ops(codes, graph, args.batch, device)
-        rows[name] = {"codes": codes, "graph": graph, "ops": sum(counts.values()), "top": dict(counts.most_common(12))}
+    rows = {name: step_ops(codes, graph, args.batch, device) for name, (codes, graph) in CASES.items()}
     for name, row in rows.items():  # against the plain step of the same codes
-        row["ratio_to_plain"] = row["ops"] / next(r["ops"] for r in rows.values() if r["codes"] == row["codes"])
-        print(f"{name:>15}: {row['ops']:5d} aten ops per step, {row['ratio_to_plain']:.2f}x plain", flush=True)
+        plain = next(r for r in rows.values() if r["codes"] == row["codes"])
+        row["ratio_to_plain"] = row["ops"] / plain["ops"]
+        row["compute_ratio_to_plain"] = row["compute_ops"] / plain["compute_ops"]
+        print(
+            f"{name:>17}: {row['ops']:5d} aten ops per step ({row['compute_ops']} computing, "
+            f"{row['optimizer_ops']} in Adam), {row['ratio_to_plain']:.2f}x plain "
+            f"({row['compute_ratio_to_plain']:.2f}x computing)",
+            flush=True,
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     info = {"device": str(device), "torch": torch.__version__, "batch": args.batch, "rows": rows}
