@@ -157,7 +157,8 @@ def ours(
 
 
 def peer(cfg: TrainConfig, images: torch.Tensor, device: torch.device) -> Runner:
-    return Runner("peer", cfg.batch_size, PeerInfoGAN(get_spec(PAPER_CODES), images, cfg, device).step)
+    """The peer with its data in host memory, as PyTorch-GAN's MNIST loader holds it."""
+    return Runner("peer", cfg.batch_size, PeerInfoGAN(get_spec(PAPER_CODES), images.cpu(), cfg, device).step)
 
 
 def make_runners(batches: list[int], device: torch.device) -> list[Runner]:
