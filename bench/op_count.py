@@ -20,7 +20,6 @@ on the same codes.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -78,11 +77,12 @@ def count_ops(fn: Callable[[], object], counter: OpCounter | None = None) -> OpC
     return counter
 
 
-def make_trainer(codes: str, graph: str | None, batch: int, device: torch.device) -> Trainer:
-    """A Trainer of the `paper` net on resident random MNIST-shaped data; graph None: plain InfoGAN."""
+def make_trainer(codes: str, graph: str | None, batch: int, device: torch.device, width: float = 1.0) -> Trainer:
+    """A Trainer of the `paper` net (or another ``width``) on resident random MNIST-shaped data;
+    graph None: plain InfoGAN."""
     spec = get_spec(codes)
     parents = load_graph(graph, spec).parents() if graph else {}
-    cfg = dataclasses.replace(TrainConfig(batch_size=batch), lambda_struct=0.1 if graph else 0.0)
+    cfg = TrainConfig(batch_size=batch, width=width, lambda_struct=0.1 if graph else 0.0)
     data = torch.rand(1024, 1, 28, 28, device=device) * 2 - 1
 
     def sample_real(b: int, g: torch.Generator) -> torch.Tensor:

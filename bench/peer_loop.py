@@ -65,6 +65,7 @@ from tests.reference import plain_layers
 PAPER_CODES = "cat10,cont,cont,cont;noise=62"  # bench/paper_mnist.sh
 PAPER_GRAPH = "c1->q1, c2->q2, c3->q3, c4->q4, q2->q4, q3->q4"  # its entangled graph
 SGEMM_SIDE = 2048
+Clock = Callable[[], float]  # time.perf_counter (wall) or time.process_time (this process's CPU time)
 
 
 class PeerInfoGAN:
@@ -183,13 +184,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def images_per_s(runner: Runner, n_steps: int, device: torch.device) -> float:
+def images_per_s(runner: Runner, n_steps: int, device: torch.device, clock: Clock = time.perf_counter) -> float:
     """Steps back to back, one sync at each end (as training runs: a sync inside a step shows)."""
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     n_images = sum(runner.step() for _ in range(n_steps))
     _sync(device)
-    return n_images / (time.perf_counter() - start)
+    return n_images / (clock() - start)
 
 
 def _count_onednn_linear_flops() -> None:
@@ -218,7 +219,9 @@ def sgemm_kinds(device: torch.device) -> tuple[str, ...]:
     return ("mm", "onednn") if device.type == "cpu" and uses_onednn(torch.zeros(1, 1), torch.zeros(1, 1)) else ("mm",)
 
 
-def sgemm_flops(kind: str, device: torch.device, n_reps: int = 3, side: int = SGEMM_SIDE) -> float:
+def sgemm_flops(
+    kind: str, device: torch.device, clock: Clock = time.perf_counter, n_reps: int = 3, side: int = SGEMM_SIDE
+) -> float:
     """FLOP/s of a side x side fp32 matmul of ``kind`` (:func:`sgemm_kinds`), the best of ``n_reps``."""
     a, b = torch.randn(side, side, device=device), torch.randn(side, side, device=device)
     product = (lambda: a @ b) if kind == "mm" else (lambda: matmul_nt(a, b))
@@ -226,10 +229,10 @@ def sgemm_flops(kind: str, device: torch.device, n_reps: int = 3, side: int = SG
     best = float("inf")
     for _ in range(n_reps):
         _sync(device)
-        start = time.perf_counter()
+        start = clock()
         product()
         _sync(device)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return 2 * side**3 / best
 
 
@@ -238,7 +241,13 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def measure(
-    runners: list[Runner], threads: list[int], rounds: int, n_steps: int, warmup: int, device: torch.device
+    runners: list[Runner],
+    threads: list[int],
+    rounds: int,
+    n_steps: int,
+    warmup: int,
+    device: torch.device,
+    clock: Clock = time.perf_counter,
 ) -> dict:
     """Interleaved rounds; returns {threads: {runner key or sgemm_<kind>: [per round]}}."""
     raw: dict[int, dict[str, list[float]]] = {t: {} for t in threads}
@@ -252,9 +261,9 @@ def measure(
             torch.set_num_threads(t)
             for runner in runners:
                 key = f"{runner.name}@{runner.batch}"
-                raw[t].setdefault(key, []).append(images_per_s(runner, n_steps, device))
+                raw[t].setdefault(key, []).append(images_per_s(runner, n_steps, device, clock))
             for kind in sgemm_kinds(device):
-                raw[t].setdefault(f"sgemm_{kind}", []).append(sgemm_flops(kind, device))
+                raw[t].setdefault(f"sgemm_{kind}", []).append(sgemm_flops(kind, device, clock))
         print(f"round {r + 1}/{rounds} done", flush=True)
     return raw
 
@@ -338,13 +347,21 @@ def main() -> None:
     parser.add_argument("--batches", default="64,128")
     parser.add_argument("--out", default="docs/results/speed")
     parser.add_argument("--name", default="peer_cpu", help="file stem of the json and md written in --out")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "process"),
+        default="wall",
+        help="process: this process's CPU time, which a busy neighbour inflates far less than wall time "
+        "(1 thread only: with more it adds the threads' times)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     threads = [int(t) for t in args.threads.split(",")] if device.type == "cpu" else [torch.get_num_threads()]
     runners = make_runners([int(b) for b in args.batches.split(",")], device)
     flops = {f"{r.name}@{r.batch}": flop_per_image(r) for r in runners}
     start = time.perf_counter()
-    raw = measure(runners, threads, args.rounds, args.steps, args.warmup, device)
+    clock = time.process_time if args.clock == "process" else time.perf_counter
+    raw = measure(runners, threads, args.rounds, args.steps, args.warmup, device, clock)
     rows = tabulate(raw, runners, flops, device)
     command = "python bench/peer_loop.py " + " ".join(
         f"--{k} {v}" for k, v in vars(args).items() if k not in ("out", "name")
