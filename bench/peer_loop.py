@@ -18,7 +18,10 @@ with default ``torch.optim.Adam`` (no fused or foreach choice), real images from
 ``datasets.MNIST`` is there; no worker processes: PyTorch-GAN parses ``--n_cpu`` but never passes it),
 and the three losses read with ``.item()`` every batch (its print). Where it differs from the
 original, it is in the peer's favour: latents are drawn with torch on the device instead of numpy
-then copied, and nothing is printed.
+then copied, and nothing is printed. Being our nets, its linear layers are
+:class:`gan.onednn.Linear` (a user importing :mod:`gan.models` gets them too); the channels_last
+layout and fused Adam are the Trainer's, so the peer has neither. ``ours/peer`` is therefore the
+loop's and the Trainer's share, ``ours/before`` (below) the whole of issue 17's speed-ups.
 
 **Ours** is :meth:`gan.train.Trainer.train_step`: one D/Q update (D on real and fake, the
 information term and R_G in one loss) and one G update, no host sync.
