@@ -14,8 +14,8 @@
 #                     (bench/op_count.py; the launch count that bounds a small net on a GPU)
 #   3. steps    (90)  steps/s of InfoGAN and of R_G on the paper graph, back to back, interleaved
 #                     rounds, batch 64 and 128, with the PyTorch-GAN-style peer (bench/peer_loop.py)
-#   4. share   (150)  1, 4 and 9 processes sharing the GPU, InfoGAN then R_G (bench/gpu_share.py)
-#   5. stacked (140)  K = 1, 4, 16 stacked trials in one process (bench/stacked_speed.py; skipped
+#   4. share   (170)  1, 4 and 9 processes sharing the GPU, InfoGAN then R_G, 12 s each (bench/gpu_share.py)
+#   5. stacked (130)  K = 1, 4, 16 stacked trials in one process (bench/stacked_speed.py; skipped
 #                     if that file is absent)
 #
 # A step never starts with a limit past the 8-minute budget: it gets what is left, or is skipped.
@@ -42,8 +42,8 @@ else
     device=cuda
     ops_args=(--batch 128)
     steps_args=(--batches 64,128 --rounds 3 --steps 40 --warmup 10)
-    share_args=(--procs 1,4,9 --seconds 15 --batch 128)
-    stacked_args=(--ks 1,4,16 --steps 20 --rounds 3 --batch 128 --count-ops)
+    share_args=(--procs 1,4,9 --seconds 12 --batch 128)
+    stacked_args=(--ks 1,4,16 --steps 15 --rounds 3 --batch 128 --count-ops)
 fi
 
 step() {  # step NAME LIMIT COMMAND...: run it under its own time limit (cut to the budget left)
@@ -67,9 +67,9 @@ step() {  # step NAME LIMIT COMMAND...: run it under its own time limit (cut to 
         $py -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.cuda.is_available())'"
     step ops 60 "$py" bench/op_count.py --device "$device" "${ops_args[@]}" --out "$out/op_count.json"
     step steps 90 "$py" bench/peer_loop.py --device "$device" "${steps_args[@]}" --out "$out" --name "steps_$device"
-    step share 150 "$py" bench/gpu_share.py --device "$device" "${share_args[@]}" --out "$out/share_$device.json"
+    step share 170 "$py" bench/gpu_share.py --device "$device" "${share_args[@]}" --out "$out/share_$device.json"
     if [[ -f bench/stacked_speed.py ]]; then
-        step stacked 140 "$py" bench/stacked_speed.py --device "$device" "${stacked_args[@]}" \
+        step stacked 130 "$py" bench/stacked_speed.py --device "$device" "${stacked_args[@]}" \
             --out "$out/stacked_speed_$device.json"
     else
         echo "stacked: skipped, bench/stacked_speed.py is absent" | tee -a "$out/logs/steps.txt"
