@@ -48,9 +48,12 @@ import json
 import math
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ and tests/ import each other
 
 import torch
 from torch.utils import flop_counter
