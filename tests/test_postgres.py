@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
 
 from structsearch import study as study_mod
+from structsearch.cli import main
 
 FAST = ["--dataset", "shapes", "--preset", "tiny", "--n-eval", "100", "--tracking", "none"]
 HEARTBEAT = ["--heartbeat-interval", "1", "--grace-period", "2"]  # a dead trial is stale after 2 s
@@ -203,3 +204,24 @@ def test_racing_workers_take_an_enqueued_trial_once(postgres) -> None:
     numbers = _race(_ask, url)
     assert all(isinstance(n, int) for n in numbers), numbers
     assert len(set(numbers)) == N_RACERS and numbers.count(enqueued) == 1
+
+
+# ---- a URL that names no reachable database ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "phrase"),
+    [
+        ("postgresql+psycopg://structsearch@/no_such_db?host={socket}", 'database "no_such_db" does not exist'),
+        ("postgresql+psycopg://nobody:secret@/postgres?host={socket}", 'role "nobody" does not exist'),
+        ("postgresql+psycopg://structsearch@127.0.0.1:9/db", "Connection refused"),  # no server there
+    ],
+    ids=["missing-database", "unknown-user", "server-down"],
+)
+def test_a_storage_url_that_cannot_connect_is_one_line(postgres, tmp_path, capsys, url, phrase) -> None:
+    url = url.format(socket=postgres.socket)
+    assert main(["worker", "--study", "s", "--storage", url, "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "cannot connect" in err and phrase in err, err
+    assert "secret" not in err  # a password is never printed
