@@ -120,7 +120,8 @@ _INSTALL = {
 
 def check_database_url(url: str, what: str = "storage URL", existing: bool = False) -> str:
     """A SQLAlchemy URL whose database and driver exist here; a SQLite file's folder must exist
-    (and, with ``existing``, the file itself: reading a study never creates an empty database)."""
+    (and, with ``existing``, the file itself: reading a study never creates an empty database), and
+    a database server must answer (:func:`_check_server`)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -151,7 +152,31 @@ def check_database_url(url: str, what: str = "storage URL", existing: bool = Fal
             )
         if existing and not path.is_file():
             raise ValueError(f"{what} {url!r}: {path} does not exist; check the path, or create the study first")
+    else:
+        _check_server(url, parsed, what)
     return url
+
+
+CONNECT_TIMEOUT_S = 10
+
+
+def _check_server(url: str, parsed, what: str) -> None:
+    """Connect once to a database server (PostgreSQL, MySQL) with a short timeout, so that a server
+    that is down, a wrong user or password, or a missing database is one line, not a traceback."""
+    import sqlalchemy as sa
+
+    shown = url if parsed.password is None else parsed.render_as_string(hide_password=True)  # no password shown
+    engine = sa.create_engine(parsed, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.DBAPIError as err:
+        reason = " ".join(str(err.orig).split()) or type(err.orig).__name__  # the driver's message, on one line
+        raise ValueError(
+            f"{what} {shown!r}: cannot connect ({reason}); check the server, user, password and database name"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 # ---- argparse types ------------------------------------------------------------------------------

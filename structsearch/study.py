@@ -145,12 +145,7 @@ def _constraint_values(trial: FrozenTrial) -> list[float]:
 
 def open_study(cfg: SearchConfig, worker: int = 0) -> optuna.Study:
     """Create or load the study; a new one gets the config stored (seeds: :func:`enqueue_seeds`)."""
-    storage = RDBStorage(
-        cfg.storage_url(),
-        heartbeat_interval=cfg.heartbeat_interval,
-        grace_period=cfg.grace_period,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-    )
+    storage = _rdb_storage(cfg)
     check_rerun(storage, cfg)
     study = optuna.create_study(
         storage=storage,
@@ -164,6 +159,31 @@ def open_study(cfg: SearchConfig, worker: int = 0) -> optuna.Study:
         study.set_user_attr(CONFIG_ATTR, cfg.to_json())
     _engine(cfg.storage_url())  # the study's own tables exist before any worker of this study starts
     return study
+
+
+# What a CREATE TABLE that lost a race with another process raises: SQLite's "already exists"
+# (OperationalError), PostgreSQL's DuplicateTable (ProgrammingError) or, when both create a table at
+# the same moment, a unique violation in PostgreSQL's own catalog pg_type (IntegrityError).
+LOST_CREATE_RACE = (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError)
+
+
+def _rdb_storage(cfg: SearchConfig, attempts: int = 3) -> RDBStorage:
+    """The study's Optuna storage. Two commands starting a study in a fresh PostgreSQL database at
+    once race to create Optuna's tables (``LOST_CREATE_RACE``); by the time the loser's CREATE
+    TABLE fails, the winner's tables exist, so it tries again."""
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(
+                cfg.storage_url(),
+                heartbeat_interval=cfg.heartbeat_interval,
+                grace_period=cfg.grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
+        except LOST_CREATE_RACE:
+            if attempt == attempts - 1:
+                raise
+            logger.debug("another process created the study's tables at the same moment; trying again")
+    raise AssertionError("unreachable")
 
 
 # What a rerun of a study (or a worker joining it) may change: where its files, store and data
@@ -292,7 +312,7 @@ def _engine(url: str) -> sa.Engine:
     engine = sa.create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {})
     try:
         _META.create_all(engine, checkfirst=True)
-    except (sa.exc.OperationalError, sa.exc.ProgrammingError):  # another worker created them in between
+    except LOST_CREATE_RACE:  # another worker created them in between
         missing = set(_META.tables) - set(sa.inspect(engine).get_table_names())
         if missing:
             raise

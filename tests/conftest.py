@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import os
 import pathlib
+import shutil
+import subprocess
+import tempfile
 
 import pytest
 import torch
@@ -17,3 +21,83 @@ def mnist_dir() -> pathlib.Path:
     if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"real MNIST not found at {MNIST_DIR}")
     return MNIST_DIR
+
+
+# ---- a PostgreSQL server for the session (tests/test_postgres.py) -------------------------------
+
+PG_INSTALL = "apt-get install postgresql (Debian/Ubuntu), or put initdb and pg_ctl on PATH"
+
+
+def _pg_bin() -> pathlib.Path | None:
+    """The folder of initdb and pg_ctl: Debian keeps them off PATH, in /usr/lib/postgresql/<version>/bin."""
+    debian = sorted(pathlib.Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: _version(p.parent.name))
+    on_path = [pathlib.Path(found).parent for found in [shutil.which("pg_ctl")] if found]
+    for folder in [*reversed(debian), *on_path]:
+        if (folder / "initdb").is_file() and (folder / "pg_ctl").is_file():
+            return folder
+    return None
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster in ``root``, reachable only on a unix socket there.
+
+    As root (CI), PostgreSQL refuses to run, so the server runs as the ``postgres`` user that
+    Debian's package creates; the clients (the tests, structsearch) connect as any user."""
+
+    def __init__(self, bin_dir: pathlib.Path, root: pathlib.Path) -> None:
+        self.bin, self.root = bin_dir, root
+        self.data, self.socket, self.log = root / "data", root / "socket", root / "server.log"
+        self.as_server = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    def start(self) -> None:
+        self.socket.mkdir()
+        if self.as_server:
+            shutil.chown(self.root, "postgres")
+            shutil.chown(self.socket, "postgres")
+        self._server("initdb", "-D", self.data, "-U", "structsearch", "--auth=trust", "--no-sync", "--no-instructions")
+        options = f"-c listen_addresses='' -k {self.socket} -F"  # no TCP port; -F: no fsync, a test cluster
+        self._server("pg_ctl", "start", "-w", "-D", self.data, "-l", self.log, "-o", options)
+
+    def stop(self) -> None:
+        self._server("pg_ctl", "stop", "-w", "-m", "fast", "-D", self.data)
+
+    def create_database(self, name: str) -> str:
+        """A new empty database: its SQLAlchemy URL (psycopg 3, the ``[postgres]`` extra's driver)."""
+        self._run([self.bin / "createdb", "-h", self.socket, "-U", "structsearch", name])
+        return f"postgresql+psycopg://structsearch@/{name}?host={self.socket}"
+
+    def _server(self, program: str, *args) -> None:
+        self._run([*self.as_server, self.bin / program, *args])
+
+    def _run(self, argv: list) -> None:
+        proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            log = self.log.read_text()[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"{' '.join(map(str, argv))} failed: {proc.stderr.strip()}\n{log}")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server for the session. Skips only where no server binaries are found; a missing
+    driver or a failing server is an error (the ``[test]`` extra installs the driver)."""
+    bin_dir = _pg_bin()
+    if bin_dir is None:
+        pytest.skip(f"no PostgreSQL server binaries (initdb, pg_ctl) found: {PG_INSTALL}")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.fail("the PostgreSQL driver psycopg is not installed: pip install -e '.[test]' (or '.[postgres]')")
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        pytest.fail("running as root, the server needs runuser (util-linux) to run as the postgres user")
+    server = PostgresServer(bin_dir, pathlib.Path(tempfile.mkdtemp(prefix="structsearch-pg-")))
+    try:
+        server.start()
+        yield server
+    finally:
+        if server.data.exists() and (server.data / "postmaster.pid").exists():
+            server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)

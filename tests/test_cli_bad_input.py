@@ -98,7 +98,7 @@ CASES = [
     Case("storage-one-slash", lambda e: e.optimize("--storage", "sqlite:/x"), "storage URL 'sqlite:/x' is not"),
     Case(
         "storage-postgresql-no-driver",
-        lambda e: e.optimize("--storage", "postgresql://u@h/db"),
+        lambda e: e.optimize("--storage", "postgresql+psycopg2://u@h/db"),  # the [test] extra installs psycopg 3 only
         "pip install psycopg2-binary",
     ),
     Case("storage-unknown-database", lambda e: e.optimize("--storage", "oracle2://h/db"), "unknown database 'oracle2'"),
