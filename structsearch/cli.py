@@ -198,6 +198,16 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         grace_period=args.grace_period,
         run=run,
     )
+    if args.workers is None:
+        args.workers = 1
+        if not gpus and args.stack == 1 and run.device in ("cpu", "auto") and search.cores() > 1:
+            # bench/search_throughput.py, 2 cores, 10 quick trials: 2 workers x 1 thread ran 1.15, 1.13,
+            # 1.15 and 0.94x the trials per hour of 1 x 2 in 4 paired rounds (docs/results.md, "Speed")
+            logger.info(
+                "workers: 1 (the default; --workers %d shares this CPU's cores among parallel trials, "
+                "0.94-1.15x the trials per hour on 2 cores)",
+                search.cores(),
+            )
     _device(run.device)
     with _as_usage_errors(ValueError):  # user mistakes surface here, before any training
         for name in cfg.objectives:
@@ -788,7 +798,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed-graph", action="append", default=[], help="a graph tried first (repeatable); independent always is"
     )
-    p.add_argument("--workers", type=inputs.count, default=1, help="worker processes on this machine sharing the study")
+    p.add_argument(
+        "--workers",
+        type=inputs.count,
+        default=None,
+        help="worker processes on this machine sharing the study (default 1)",
+    )
     p.add_argument("--threads", type=inputs.count, help=THREADS_HELP)
     p.add_argument("--gpus", help="comma-separated GPU ids; worker i gets GPU i mod len")
     p.add_argument(

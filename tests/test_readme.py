@@ -7,6 +7,8 @@ The commands run as shown but for the small rewrite below, which only makes them
 * a command that trains (``train``, ``optimize``) gets ``--steps 2`` (a ``--steps N`` it shows
   becomes ``--steps 4``, so a resume still has steps left) and ``--n-eval 64``, except a resume,
   which keeps its run's config;
+* ``optimize --trials N`` trains at most 3 graphs, and ``evaluate --scale S`` runs at 0.01 (the
+  size of the disentanglement metrics' samples), so the walk fits the CI's 10 minutes;
 * ``/path/to/mnist`` is the real MNIST folder beside the checkout (the commands naming it are
   skipped, saying so, where it is absent).
 
@@ -99,6 +101,11 @@ def rewrite(command: str) -> list[str]:
             argv += ["--steps", "2"]
         if "--resume" not in argv:
             argv += ["--n-eval", "64"]
+    if argv[1] == "optimize" and "--trials" in argv:
+        i = argv.index("--trials") + 1
+        argv[i] = str(min(int(argv[i]), 3))
+    if argv[1] == "evaluate" and "--scale" in argv:
+        argv[argv.index("--scale") + 1] = "0.01"
     return [sys.executable, "-m", "structsearch", *argv[1:]]
 
 
