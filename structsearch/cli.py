@@ -202,7 +202,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         args.workers = 1
         if not gpus and args.stack == 1 and run.device in ("cpu", "auto") and search.cores() > 1:
             # bench/search_throughput.py, 2 cores, 10 quick trials: 2 workers x 1 thread ran 1.15, 1.13,
-            # 1.15 and 0.94x the trials per hour of 1 x 2 in 4 paired rounds (docs/results.md, "Speed")
+            # 1.15 and 0.94x the trials per hour of 1 x 2 in 4 paired rounds (docs/results.md, "Search throughput")
             logger.info(
                 "workers: 1 (the default; --workers %d shares this CPU's cores among parallel trials, "
                 "0.94-1.15x the trials per hour on 2 cores)",
@@ -713,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--codes",
         default="mnist",
-        help="latent spec: a preset (mnist, mnist3, dsprites, shapes) or e.g. 'cat10,cont,cont;noise=62'",
+        help="latent spec: a preset (mnist, infogan-mnist, mnist3, dsprites, shapes) or e.g. 'cat10,cont,cont;noise=62' (noise=uniform62: uniform noise)",
     )
     p.add_argument("--out", help="write a PNG picture of the graph here")
     p.add_argument("--json", help="write the graph as JSON here")
