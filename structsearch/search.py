@@ -47,6 +47,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search_spaces import SCORE_EQUIVALENT, CandidatesSpace, SearchSpace
 from structsearch import scores, tracking
+from structsearch.config import RunConfig
 from structsearch.graph import Graph, load_graph
 from structsearch.study import (
     PopLock,
@@ -77,6 +78,30 @@ ENUMERATE_LIMIT = 20_000
 """Spaces with at most this many edge combinations are enumerated, to know when they are exhausted."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Claimed:
+    """A graph this trial trains: its run config (the trial's seed), folder and Recorder."""
+
+    graph: Graph
+    run: RunConfig
+    run_dir: Path
+    recorder: Recorder
+
+
+@dataclasses.dataclass(frozen=True)
+class Repeat:
+    """A graph already trained: the trial is answered with its stored values."""
+
+    values: tuple[float, ...] | float
+
+
+@dataclasses.dataclass(frozen=True)
+class Taken:
+    """A graph another trial holds: this trial is pruned, and the worker takes another proposal."""
+
+    message: str
+
+
 class Objective:
     """The trial function: graph from the space, stored result or a fresh run, values out."""
 
@@ -100,6 +125,33 @@ class Objective:
         record_owner(trial)  # before the pop lock goes: a trial without an owner there is an orphan
         self.pop_lock.release()  # the trial is ours: the next worker may take one
         self.trial_number = trial.number
+        claimed = self.claim(trial)
+        if isinstance(claimed, Repeat):
+            return claimed.values
+        if isinstance(claimed, Taken):
+            raise optuna.TrialPruned(claimed.message)
+        result = run_trial(
+            claimed.run,
+            claimed.graph,
+            self.dataset,
+            claimed.recorder,
+            resume=(claimed.run_dir / "checkpoint.pt").exists(),
+            extra_scores=self.cfg.objectives,
+            pruning=self._pruning(trial),
+        )
+        values = self.record(trial, result)
+        if result.status == "diverged":
+            raise optuna.TrialPruned(result.message)
+        if result.status == "stopped":
+            raise optuna.TrialPruned(f"pruned at step {result.step}")
+        return values
+
+    def claim(self, trial: optuna.Trial) -> Claimed | Repeat | Taken:
+        """The trial's graph from the space, and what to do with it: a repeat of a trained graph is
+        answered from its stored values, a graph another trial holds is taken, and otherwise this
+        trial claims it, with its run config (seed), run folder and Recorder. Shared by the plain
+        loop (:meth:`__call__`) and the stacked one (:mod:`structsearch.stacked_search`)."""
+        cfg = self.cfg
         graph = self.space.suggest(trial)
         trial.set_user_attr("graph_key", graph.key)
         trial.set_user_attr("graph_json", graph.to_json(indent=None))
@@ -116,19 +168,16 @@ class Objective:
                 graph.key,
                 done.number,
             )
-            return self._values(done.values)
-
+            return Repeat(self._values(done.values))
         number = self._original_number(trial)  # a retry reuses the dead trial's seed and folder
-        holder = claim_graph(self.cfg.storage_url(), self.cfg.study, graph.key, number)
+        holder = claim_graph(cfg.storage_url(), cfg.study, graph.key, number)
         if holder != number:
             trial.set_user_attr("taken_by", holder)
             logger.info("trial %d: graph %s is trained by trial %d; taking another", trial.number, graph.key, holder)
-            raise optuna.TrialPruned(f"graph {graph.key} is trained by trial {holder}")
+            return Taken(f"graph {graph.key} is trained by trial {holder}")
         self.repeats = 0
-        run = dataclasses.replace(
-            self.cfg.run, train=dataclasses.replace(self.cfg.run.train, seed=self.cfg.seed * 10_000 + number)
-        )
-        run_dir = Path(self.cfg.runs_dir) / self.cfg.study / f"trial-{number:04d}"
+        run = dataclasses.replace(cfg.run, train=dataclasses.replace(cfg.run.train, seed=cfg.seed * 10_000 + number))
+        run_dir = Path(cfg.runs_dir) / cfg.study / f"trial-{number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("threads", torch.get_num_threads())
         recorder = Recorder(
@@ -139,24 +188,10 @@ class Objective:
             params=graph_params(graph, self.possible_edges)
             | {f"trial.{k}": v for k, v in trial.params.items()}
             | {"trial": trial.number},
-            tags={"study": self.cfg.study},
-            objectives=self.cfg.objectives,
+            tags={"study": cfg.study},
+            objectives=cfg.objectives,
         )
-        result = run_trial(
-            run,
-            graph,
-            self.dataset,
-            recorder,
-            resume=(run_dir / "checkpoint.pt").exists(),
-            extra_scores=self.cfg.objectives,
-            pruning=self._pruning(trial),
-        )
-        values = self.record(trial, result)
-        if result.status == "diverged":
-            raise optuna.TrialPruned(result.message)
-        if result.status == "stopped":
-            raise optuna.TrialPruned(f"pruned at step {result.step}")
-        return values
+        return Claimed(graph, run, run_dir, recorder)
 
     def record(self, trial: optuna.Trial, result) -> tuple[float, ...] | float | None:
         """A trained trial's result on the trial (attributes, constraint) and on its MLflow run (how it

@@ -18,17 +18,14 @@ own step, usually alone.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import optuna
-import torch
 from optuna.storages import fail_stale_trials
 from optuna.storages._heartbeat import get_heartbeat_thread  # what study.optimize wraps each trial in
 from optuna.trial import TrialState
@@ -44,14 +41,16 @@ from structsearch.search import (
     MAX_REPEATS,
     Objective,
     Prepared,
+    Repeat,
+    Taken,
     _enumerate,
     _fill_in,
     _log_progress,
     mark_best,
     prepare,
 )
-from structsearch.study import SearchConfig, claim_graph, fail_dead_trials, record_owner, retry_failed, trained_graphs
-from structsearch.trial import Outcome, Pruning, Recorder, TrialResult, anchor_record, graph_params, make_trainer
+from structsearch.study import SearchConfig, fail_dead_trials, record_owner, retry_failed, trained_graphs
+from structsearch.trial import Outcome, Pruning, Recorder, TrialResult, anchor_record, make_trainer
 
 logger = logging.getLogger(__name__)
 SCALE = 0.2
@@ -138,47 +137,15 @@ def ask_batch(
 
 def propose(objective: Objective, trial: optuna.Trial) -> Member | None:
     """The trial's graph claimed for training, or None when it repeats a trained graph (told its
-    stored values) or one another trial holds (told pruned): ``Objective.__call__`` up to ``run_trial``."""
-    cfg, study = objective.cfg, objective.study
-    graph = objective.space.suggest(trial)
-    trial.set_user_attr("graph_key", graph.key)
-    trial.set_user_attr("graph_json", graph.to_json(indent=None))
-    objective.repeats += 1
-    done = objective._completed_with(graph.key)
-    if done is not None:
-        trial.set_user_attr("duplicate_of", done.number)
-        for k in ("scores", "constraint", "mlflow_run_id", "run_dir"):
-            if k in done.user_attrs:
-                trial.set_user_attr(k, done.user_attrs[k])
-        logger.info(
-            "trial %d: graph %s already trained in trial %d; reusing its values", trial.number, graph.key, done.number
-        )
-        study.tell(trial, objective._values(done.values))
+    stored values) or one another trial holds (told pruned): :meth:`Objective.claim`."""
+    claimed = objective.claim(trial)
+    if isinstance(claimed, Repeat):
+        objective.study.tell(trial, claimed.values)
         return None
-    number = objective._original_number(trial)  # a retry reuses the dead trial's seed and folder
-    holder = claim_graph(cfg.storage_url(), cfg.study, graph.key, number)
-    if holder != number:
-        trial.set_user_attr("taken_by", holder)
-        logger.info("trial %d: graph %s is trained by trial %d; taking another", trial.number, graph.key, holder)
-        study.tell(trial, state=TrialState.PRUNED)
+    if isinstance(claimed, Taken):
+        objective.study.tell(trial, state=TrialState.PRUNED)
         return None
-    objective.repeats = 0
-    run = dataclasses.replace(cfg.run, train=dataclasses.replace(cfg.run.train, seed=cfg.seed * 10_000 + number))
-    run_dir = Path(cfg.runs_dir) / cfg.study / f"trial-{number:04d}"
-    trial.set_user_attr("run_dir", str(run_dir))
-    trial.set_user_attr("threads", torch.get_num_threads())
-    recorder = Recorder(
-        run_dir,
-        objective.tracker,
-        name=f"trial-{trial.number:04d}",
-        parent_run_id=objective.parent_run_id,
-        params=graph_params(graph, objective.possible_edges)
-        | {f"trial.{k}": v for k, v in trial.params.items()}
-        | {"trial": trial.number},
-        tags={"study": cfg.study},
-        objectives=cfg.objectives,
-    )
-    return Member(trial, graph, run, recorder, objective._pruning(trial))
+    return Member(trial, claimed.graph, claimed.run, claimed.recorder, objective._pruning(trial))
 
 
 def train_batch(objective: Objective, batch: list[Member]) -> None:

@@ -233,9 +233,10 @@ def test_known_answers_of_anchor_r2(shapes) -> None:
 
 
 def test_known_answer_of_anchor_r2_on_labels(mnist_dir) -> None:
-    """The label reader scores 1; under a permutation of the classes cat_acc stays 1 and anchor_r2 does not."""
+    """The label reader scores 1; under a permutation of the classes cat_acc stays 1 and anchor_r2 does not.
+    (cat_acc reads all 10,000 test images, anchor_r2 the n_eval = 500 held-out ones.)"""
     dataset = get_dataset("mnist", data_dir=mnist_dir)
-    images, labels = dataset.test_images(500)
+    images, labels = dataset.test_images()
     permutation = torch.randperm(10, generator=torch.Generator().manual_seed(0))
 
     class LabelReader(torch.nn.Module):
@@ -256,7 +257,7 @@ def test_known_answer_of_anchor_r2_on_labels(mnist_dir) -> None:
         "anchor_r2/c1": 1.0,
     }
     permuted = evaluator(None, LabelReader(permutation), only=only)
-    fixed_points = (permutation[labels] == labels).double().mean().item()
+    fixed_points = (permutation[labels[:500]] == labels[:500]).double().mean().item()
     assert permuted["cat_acc"] == 1.0 and permuted["anchor_r2"] == pytest.approx(fixed_points) and fixed_points < 0.5
 
 
