@@ -28,13 +28,16 @@ import dataclasses
 import json
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ imports bench/
+
+from bench.op_count import OpCounter
 from gan.latents import get_spec
 from gan.stacked import StackedTrainer
 from gan.train import TrainConfig, Trainer
@@ -42,20 +45,6 @@ from structsearch.graph import load_graph
 
 GRAPHS = ("collider", "chain", "fork", "complete", "entangled-inputs", "independent")
 VARIANTS = {"infogan": 0.0, "rg": 0.1}  # lambda_struct
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the aten ops dispatched while active (forward, backward and the optimizer steps): all
-    of them, and those that compute (not a view: on a GPU a view launches no kernel)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.all = self.compute = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.all += 1
-        self.compute += not (func.is_view or func.overloadpacket is torch.ops.aten._unsafe_view)
-        return func(*args, **(kwargs or {}))
 
 
 def make_trainers(k: int, cfg: TrainConfig, device: torch.device) -> list[Trainer]:
@@ -94,7 +83,7 @@ def seconds(step: Callable[[], object], n_steps: int, device: torch.device) -> f
 def ops_per_call(step: Callable[[], object]) -> dict[str, int]:
     with OpCounter() as counter:
         step()
-    return {"all": counter.all, "compute": counter.compute}
+    return {"all": counter.total(), "compute": counter.compute}
 
 
 def measure(k: int, cfg: TrainConfig, device: torch.device, args: argparse.Namespace) -> dict:
