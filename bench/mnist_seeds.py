@@ -15,7 +15,7 @@ Unif, Unif:
 Every run is its own ``structsearch train`` process, all at once (these nets leave a GPU mostly
 idle); each stops training after ``--max-minutes`` if not done (then it is scored as usual and
 its step count is reported), and a rerun resumes each from its checkpoint. A CPU rehearsal:
-``--device cpu --steps 20 --seeds 0``. The table goes to OUT/summary.md and OUT/rows.json.
+``--device cpu --steps 20 --seeds 0``; on a CPU, ``--jobs`` = its cores runs them a few at a time. The table goes to OUT/summary.md and OUT/rows.json.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 MODELS = {
@@ -41,23 +42,35 @@ def run_dir(runs: Path, model: str, seed: int) -> Path:
 
 
 def launch(args: argparse.Namespace) -> None:
-    procs = []
+    """Run every (model, seed) as its own process, at most ``args.jobs`` at once (all when None)."""
     logs = args.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     args.runs.mkdir(parents=True, exist_ok=True)
-    for model in args.models:
-        for seed in args.seeds:
-            out = run_dir(args.runs, model, seed)
-            cmd = [sys.executable, "-m", "structsearch", "train", "--dataset", "mnist", "--data-dir", args.data_dir]
-            cmd += ["--preset", "paper", "--steps", str(args.steps), "--device", args.device, "--seed", str(seed)]
-            cmd += ["--tracking", "none", "--checkpoint-every", "250", "--out", str(out), *MODELS[model]]
-            cmd += ["--max-minutes", str(args.max_minutes)] + (["--resume"] if (out / "config.json").exists() else [])
-            log = open(logs / f"{model}-seed{seed}.log", "w")  # noqa: SIM115 (open while the process runs)
-            env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-            procs.append((model, seed, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
-    for model, seed, proc in procs:
-        if proc.wait():
+    queue = [(model, seed) for seed in args.seeds for model in args.models]  # seed-major: a cut run keeps whole seeds
+    running: list[tuple[str, int, subprocess.Popen]] = []
+    while queue or running:
+        while queue and len(running) < (args.jobs or len(queue) + len(running)):
+            model, seed = queue.pop(0)
+            running.append((model, seed, start(args, model, seed, logs)))
+        done = next(((m, s, p) for m, s, p in running if p.poll() is not None), None)
+        if done is None:
+            time.sleep(2)
+            continue
+        running.remove(done)
+        model, seed, proc = done
+        if proc.returncode:
             print(f"{model} seed {seed}: exit {proc.returncode}, see {logs / f'{model}-seed{seed}.log'}")
+
+
+def start(args: argparse.Namespace, model: str, seed: int, logs: Path) -> subprocess.Popen:
+    out = run_dir(args.runs, model, seed)
+    cmd = [sys.executable, "-m", "structsearch", "train", "--dataset", "mnist", "--data-dir", args.data_dir]
+    cmd += ["--preset", "paper", "--steps", str(args.steps), "--device", args.device, "--seed", str(seed)]
+    cmd += ["--tracking", "none", "--checkpoint-every", "250", "--out", str(out), *MODELS[model]]
+    cmd += ["--max-minutes", str(args.max_minutes)] + (["--resume"] if (out / "config.json").exists() else [])
+    log = open(logs / f"{model}-seed{seed}.log", "a")  # noqa: SIM115 (open while the process runs)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def summarize(args: argparse.Namespace) -> None:
@@ -92,6 +105,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--max-minutes", type=float, default=6.0)
+    parser.add_argument("--jobs", type=int, help="runs at once (default: all; on a CPU, its cores)")
     parser.add_argument("--data-dir", default="../shared/data/mnist")
     parser.add_argument("--out", type=Path, default=Path("docs/results/mnist-seeds"))
     parser.add_argument("--runs", type=Path, default=Path("runs/mnist-seeds"))

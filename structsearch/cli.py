@@ -148,6 +148,8 @@ def _resumed(args: argparse.Namespace, run_dir: Path | None) -> tuple[config_mod
     if base.codes is None:  # a run made before codes were recorded
         base = dataclasses.replace(base, codes=graph.spec.text())
     cfg = _config(args, base)
+    if cfg.codes != base.codes and _same_spec(cfg.codes, base.codes):  # a preset's name against its text
+        cfg = dataclasses.replace(cfg, codes=base.codes)
     changed = config_mod.differences(base, cfg, config_mod.RESUME_MAY_CHANGE)
     if changed:
         allowed = ", ".join(sorted(config_mod.flag_of(k) for k in config_mod.RESUME_MAY_CHANGE))
@@ -156,6 +158,14 @@ def _resumed(args: argparse.Namespace, run_dir: Path | None) -> tuple[config_mod
             f"a resume may change only {allowed} and --max-minutes (start a new run with --out NEW_FOLDER)"
         )
     return cfg, graph
+
+
+def _same_spec(a: str | None, b: str | None) -> bool:
+    """Whether two ``--codes`` texts name one latent spec (``infogan-mnist`` and its written-out text)."""
+    try:
+        return a is not None and b is not None and get_spec(a) == get_spec(b)
+    except ValueError:
+        return False
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
@@ -433,7 +443,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_learn_structure(args: argparse.Namespace) -> int:
     from gan import dag
     from structsearch.scoring import learn_structure
-    from structsearch.trial import real_codes
+    from structsearch.trial import anchor_labels_table, real_codes
 
     run_dir = Path(args.run)
     if not (run_dir / "config.json").exists():
@@ -445,14 +455,20 @@ def cmd_learn_structure(args: argparse.Namespace) -> int:
     if args.restarts < 0:
         raise UsageError(f"--restarts must be >= 0, got {args.restarts}")
     with _as_usage_errors(ValueError, FileNotFoundError):
-        cfg, graph, dataset, table = real_codes(run_dir, args.n, args.device)
+        if args.table == "anchors":
+            cfg, graph, dataset, table = anchor_labels_table(run_dir, args.device)
+        else:
+            cfg, graph, dataset, table = real_codes(run_dir, args.n, args.device)
     learned = learn_structure(
         table, args.method, restarts=args.restarts, significance_level=args.significance_level, seed=args.seed
     )
     anchors = cfg.train.anchor_labels
     print(f"run:        {run_dir} ({cfg.dataset}, trained with graph {graph.key or '(no edges)'})")
     print(f"anchors:    {_anchors_line(run_dir) if anchors else 'none'}")
-    print(f"table:      Q's codes of {len(table)} held-out real images")
+    if args.table == "anchors":
+        print(f"table:      the known values of the {len(table)} anchored training images (no network)")
+    else:
+        print(f"table:      Q's codes of {len(table)} held-out real images")
     print(f"method:     {learned.method} ({learned.detail})")
     print(f"edges:      {_edges(learned.directed, '->')}")
     if learned.kind == "pdag":
@@ -536,6 +552,12 @@ def _print_top(study, cfg, top: int) -> None:
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     train = cfg.run.train
+    if train.anchor_labels > 0 and best:
+        print(
+            "note: with anchors, their own known values found the true class more often than any trained "
+            "codes (docs/results.md, issue 14): structsearch learn-structure "
+            f"{best[0].user_attrs.get('run_dir', 'RUN')} --table anchors"
+        )
     if train.anchor_labels == 0 and train.lambda_pair == 0:
         print(
             "note: trained on i.i.d. images only, so this ranking is not an identification of the true graph: "
@@ -875,7 +897,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["hill-climb", "pc"],
         help="hill-climb: BIC with random restarts (a DAG); pc: the PC algorithm (a PDAG) (default: hill-climb)",
     )
-    p.add_argument("--n", type=int, help="held-out real images read (default: the run's --n-eval)")
+    p.add_argument(
+        "--table",
+        default="codes",
+        choices=["codes", "anchors"],
+        help="codes: Q's codes of held-out real images; anchors: the anchored images' known values, "
+        "no network (a run trained with --anchor-labels) (default: codes)",
+    )
+    p.add_argument("--n", type=int, help="codes: held-out real images read (default: the run's --n-eval)")
     p.add_argument("--significance-level", type=float, default=0.01, help="pc: CI tests' level (default: 0.01)")
     p.add_argument("--restarts", type=int, default=10, help="hill-climb: random starting DAGs (default: 10)")
     p.add_argument("--seed", type=int, default=0, help="hill-climb: seed of the starting DAGs (default: 0)")

@@ -414,6 +414,33 @@ def real_codes(run_dir: Path, n: int | None = None, device: str | None = None):
     return cfg, graph, dataset, make_table(scores_mod.code_columns(graph.spec, q, "q"), graph.spec)
 
 
+def anchor_labels_table(run_dir: Path, device: str | None = None):
+    """(config, graph, dataset, table) of a run folder trained with ``--anchor-labels``: the table
+    holds the anchored training images' known values, one column per q node (code i's known factor
+    or label), no network involved. ValueError when the run has no anchors or leaves a code unanchored.
+
+    This is the estimator a user with anchors has before any GAN: on ``shapes`` it finds the true
+    graph's Markov class where Q's codes of real images do not (docs/results.md, issue 14)."""
+    cfg = RunConfig.load(run_dir / "config.json")
+    if device:
+        cfg = dataclasses.replace(cfg, device=device)
+    if cfg.train.anchor_labels <= 0:
+        raise ValueError(f"{run_dir} was trained without --anchor-labels, so it has no known values; use --table codes")
+    dataset = load_dataset(cfg)
+    graph = read_run_graph(run_dir)
+    spec = graph.spec
+    columns = dataset.anchor_codes(spec)
+    missing = [spec.codes[i].name for i in range(len(spec.codes)) if i not in columns]
+    if missing:
+        raise ValueError(
+            f"{cfg.dataset}'s anchors give no known value for code(s) {', '.join(missing)}, so they cannot "
+            "score a graph over every code; use --table codes"
+        )
+    values = dataset._anchor_values("train", anchor_index(cfg, dataset))
+    table = {f"q{i + 1}": values[:, columns[i]] for i in range(len(spec.codes))}
+    return cfg, graph, dataset, make_table(table, spec)
+
+
 def read_run_graph(run_dir: Path, spec=None) -> Graph:
     """The graph a run folder was trained with: its own ``graph.json`` (never the path the config
     names, which may be relative or may have changed since)."""

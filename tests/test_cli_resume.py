@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gan.latents import get_spec
 from structsearch.cli import main
 
 ARGS = ["--dataset", "shapes", "--preset", "tiny", "--n-eval", "100", "--tracking", "none"]
@@ -91,6 +92,15 @@ def test_resume_may_change_the_steps_intervals_device_and_time_limit(run) -> Non
     flags = ["--steps", "8", "--log-every", "4", "--checkpoint-every", "4", "--device", "cpu", "--max-minutes", "5"]
     assert _resume(run, *flags) == 0
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 8
+
+
+def test_resume_takes_a_latent_presets_name_for_the_text_the_folder_recorded(run, capsys) -> None:
+    recorded = json.loads((run / "config.json").read_text())["codes"]
+    assert recorded != "shapes" and recorded == get_spec("shapes").text()
+    assert _resume(run, "--codes", "shapes", "--steps", "6") == 0  # the same spec, named
+    capsys.readouterr()
+    assert _resume(run, "--codes", "cont,cont,cont;noise=uniform8", "--steps", "7") == 2  # another one
+    assert "--codes was" in _one_line(capsys)
 
 
 @pytest.mark.parametrize("command", ["resume", "evaluate"])

@@ -196,7 +196,22 @@ def test_learn_structure_reads_an_anchored_run_and_compares_with_the_truth(tmp_p
         assert "equivalent: yes" in printed or "equivalent: no, not" in printed
         assert "anchors:    --anchor-labels 0.01: 200 images, codes c1, c2, c3, seed 0" in printed
         assert ("undirected:" in printed) == (method == "pc")
+    # The anchors' own known values (200 rows, no network) find the collider's class whatever Q learned.
+    assert main(["learn-structure", str(out), "--table", "anchors"]) == 0
+    printed = capsys.readouterr().out
+    assert "the known values of the 200 anchored training images (no network)" in printed
+    assert "edges:      q1->q3, q2->q3" in printed and "equivalent: yes" in printed
     assert main(["learn-structure", str(out), "--significance-level", "2"]) == 2
     assert main(["learn-structure", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert "--significance-level must be in (0, 1), got 2.0" in err and "is not a run folder" in err
+
+
+def test_learn_structure_from_anchors_refuses_a_run_without_them(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "shapes", "--preset", "tiny", "--steps", "2", "--tracking", "none", "--out", str(out)]
+    assert main([*argv, "--n-eval", "64"]) == 0
+    capsys.readouterr()
+    assert main(["learn-structure", str(out), "--table", "anchors"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "trained without --anchor-labels" in err and "--table codes" in err

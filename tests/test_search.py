@@ -226,9 +226,11 @@ def test_two_workers_share_one_study(tmp_path) -> None:
     assert len(set(keys)) == len(keys) >= 4  # no graph trained twice, the budget met
 
 
-def test_optimize_with_anchors_anchors_every_trial_under_its_own_seed(tmp_path) -> None:
+def test_optimize_with_anchors_anchors_every_trial_under_its_own_seed(tmp_path, capsys) -> None:
     runs = tmp_path / "runs"
     assert _optimize(runs, "a", 2, "--anchor-labels", "0.005", "--objective", "anchor_r2", "--tracking", "none") == 0
+    best = _study(runs, "a").best_trial.user_attrs["run_dir"]
+    assert f"structsearch learn-structure {best} --table anchors" in capsys.readouterr().out  # the better estimator
     numbers = sorted(t.number for t in _trained(_study(runs, "a")))
     records = [json.loads((runs / "a" / f"trial-{n:04d}" / "anchors.json").read_text()) for n in numbers]
     assert [r["count"] for r in records] == [100, 100] and [r["seed"] for r in records] == numbers
