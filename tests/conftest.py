@@ -9,8 +9,10 @@ import tempfile
 import pytest
 import torch
 
-# A shared 2-core machine makes 2 threads up to 10x slower when a neighbour is busy.
+# The suite runs one worker per core (pytest-xdist, pyproject.toml), and oversubscribed threads made
+# steps up to 10x slower on a 2-core machine: one thread per worker, and per process it starts.
 torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 MNIST_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
