@@ -134,6 +134,15 @@ def test_a_run_with_the_regularizer_draws_its_images_and_codes_as_one_without() 
     assert torch.equal(plain.data_rng.get_state(), with_cr.data_rng.get_state())
 
 
+def test_before_cr_start_a_run_computes_exactly_the_run_without_the_term() -> None:
+    plain, late = _trainer(dataclasses.replace(CR, lambda_cr=0.0)), _trainer(dataclasses.replace(CR, cr_start=6))
+    for t in (plain, late):
+        t.run()
+    for a, b in ((plain.G, late.G), (plain.D, late.D)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def test_a_run_with_the_new_fields_resumes_identical_to_an_uninterrupted_one(tmp_path) -> None:
     full = _trainer(CR)
     full.run()
