@@ -27,6 +27,10 @@ last logged step, scoring excluded); ``<out>/summary.md`` gets the table. ``--ma
 each run's training at that wall time (checkpointed, then scored, its row ``stopped``);
 ``--resume`` continues stopped or killed runs from their checkpoints under ``--run-root`` (the
 folders of completed runs are deleted unless ``--keep-runs``). The last row of a key counts.
+
+``--speed`` measures instead: training s/step of each recipe at ``--width`` (preset-cr with its
+term on), in interleaved rounds of 15 steps after 5 warm-up steps, so a neighbour's load hits every
+recipe alike; the median and min per recipe go to ``<out>/speed.json``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -43,7 +49,7 @@ import torch
 
 from gan.train import TrainConfig
 from structsearch.config import PRESETS, RunConfig, apply_preset
-from structsearch.trial import Recorder, load_dataset, resolve_graph, run_trial, time_limit
+from structsearch.trial import Recorder, load_dataset, make_trainer, resolve_graph, run_trial, time_limit
 
 RECIPES = ("today", "preset", "preset-cr", "preset-structured")
 DEFAULT_RECIPES = ("today", "preset", "preset-cr")
@@ -124,6 +130,33 @@ def run_one(recipe: str, seed: int, args: argparse.Namespace, dataset) -> dict:
         "train_s_per_step": round((t1 - t0) / (s1 - s0), 4) if s1 > s0 else None,
         "seconds": round(time.time() - started, 1),
         "scores": result.scores,
+    }
+
+
+def speed(args: argparse.Namespace, recipes: list[str], rounds: int = 4, steps: int = 15) -> dict:
+    """Training s/step of each recipe (preset-cr with its term on from the first step), interleaved rounds."""
+    dataset = load_dataset(RunConfig(dataset="dsprites", device=args.device))
+    at_once = argparse.Namespace(**(vars(args) | {"cr_start_fraction": 0.0}))
+    trainers = {}
+    for recipe in recipes:
+        cfg = recipe_config(recipe, at_once, 0)
+        trainers[recipe] = make_trainer(cfg, resolve_graph(cfg, dataset), dataset)
+        for _ in range(5):
+            trainers[recipe].train_step()
+    times: dict[str, list[float]] = {r: [] for r in recipes}
+    for _ in range(rounds):
+        for recipe, trainer in trainers.items():
+            started = time.perf_counter()
+            for _ in range(steps):
+                losses = trainer.train_step()
+            float(losses["loss/d"])  # wait for the device
+            times[recipe].append((time.perf_counter() - started) / steps)
+    return {
+        "width": args.width,
+        "threads": torch.get_num_threads(),
+        "device": str(dataset.device),
+        "load_average": os.getloadavg(),
+        "s_per_step": {r: {"median": statistics.median(v), "min": min(v), "rounds": v} for r, v in times.items()},
     }
 
 
@@ -209,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep-runs", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--summarize", action="store_true", help="rewrite summary.md from the rows done, run nothing")
+    parser.add_argument("--speed", action="store_true", help="measure each recipe's training s/step, run nothing else")
     args = parser.parse_args(argv)
     recipes, seeds = args.recipes.split(","), [int(s) for s in args.seeds.split(",")]
     if unknown := sorted(set(recipes) - set(RECIPES)):
@@ -218,6 +252,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.speed:
+        result = speed(args, recipes)
+        (out / "speed.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result["s_per_step"]))
+        return
     rows = read_rows(out / "rows.jsonl")
 
     def pending(key: str) -> bool:  # never run, or stopped by the time limit and --resume asked

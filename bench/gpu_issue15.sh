@@ -21,7 +21,7 @@
 #                       exists (default shared/data/mnist); skipped otherwise.
 #
 # The budget (BUDGET_S, 470 s) caps every limit. Results land in OUT (rows.jsonl and summary.md of
-# the dSprites runs, mnist/, logs/). The checkpoints stay in runs/gpu-issue15/ (about 200 MB per
+# the dSprites runs, mnist/, logs/). The checkpoints stay in runs/gpu-issue15/ (200-310 MB per
 # full-width run: too large to bring back, so a resume needs the same warm machine). When $OUT
 # names a folder (the device tool's), OUT is also packed into $OUT/gpu-issue15.tar.gz with the
 # console log as $OUT/console.log.

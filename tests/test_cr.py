@@ -54,7 +54,9 @@ def test_spectral_norm_holds_every_layer_of_d_and_q_at_one_after_training() -> N
     with torch.no_grad():
         raw = [float(torch.linalg.matrix_norm(m.parametrizations.weight.original.flatten(1), ord=2)) for m in layers]
     assert sum(s < 0.5 for s in raw) >= len(raw) // 2  # DCGAN's N(0, 0.02) init: the ~1 below is the norm's doing
+    before = [m.parametrizations.weight.original.detach().clone() for m in layers]
     trainer.run()
+    assert all(not torch.equal(b, m.parametrizations.weight.original) for b, m in zip(before, layers))  # trained
     sigmas = _top_singular_values(trainer.D)
     assert len(sigmas) == len(layers)
     assert all(0.9 < s < 1.05 for s in sigmas), sigmas
