@@ -161,6 +161,9 @@ SPECS: dict[str, LatentSpec] = {
     # The paper's entangled MNIST variant: three continuous codes (c1, c2 -> c3 in its figure).
     "mnist3": continuous_spec(3, 62),
     "dsprites": continuous_spec(5, 5),
+    # InfoGAN-CR's dSprites (fjxmlzn/InfoGAN-CR, InfoGAN-CR_dSprites/gan_task.py): 5 codes and 5 noise
+    # dimensions, all Uniform(-1, 1) (`uniform_reg_dim`, `uniform_not_reg_dim`).
+    "infogan-cr-dsprites": LatentSpec(continuous_spec(5, 5).codes, 5, "uniform"),
     # Three continuous codes, one per factor of the synthetic `shapes` set, and no noise: each image
     # is a function of its factors, so noise could only take over the codes' job (docs/results.md,
     # "Defaults, from the evidence": with 2 noise dimensions 9 of 15 runs collapsed a code).

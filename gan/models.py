@@ -16,12 +16,21 @@ and the structural regularizer applies its own softmax. Layers followed by batch
 no bias (it would be cancelled by the norm). ``width`` scales every hidden size (min 8) so
 tests and CPU demos can use narrow nets. The linear layers are :class:`gan.onednn.Linear`
 (``nn.Linear`` whose fp32 CPU matmuls run in oneDNN, about 2x faster than MKL on AMD CPUs).
+
+``d_norm = "spectral"`` (InfoGAN-CR's discriminator, fjxmlzn/InfoGAN-CR
+``InfoGAN-CR_dSprites/gan/network.py``, ``InfoGANDiscriminator``: every conv and linear layer of
+the trunk and both heads spectrally normalized, no batch norm) builds D without its batch norms
+(their layers get a bias back) and puts :func:`spectral_normalize` on every conv and linear layer
+of D and Q; a batch norm after a normalized layer would rescale it and undo the Lipschitz bound.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
 
 from gan.latents import LatentSpec
 from gan.onednn import Linear
@@ -34,6 +43,8 @@ FC_DIM = 1024  # the FC layer between the codes and the base map (G) and at the 
 BASE_CHANNELS = 128  # channels of the base feature map
 Q_DIM = 128  # hidden size of the Q head
 LEAK = 0.1  # InfoGAN's leaky-ReLU slope
+
+DNorm = Literal["none", "spectral"]
 
 
 def _scaled(size: int, width: float) -> int:
@@ -93,41 +104,63 @@ class Generator(nn.Module):
         return self.deconv(self.fc(torch.cat([z, c], dim=1)))
 
 
+def _norm(n: int, batch_norm: bool, dims: int) -> nn.Module:
+    """A batch norm over n features (or channels), or nothing where D is spectrally normalized."""
+    if not batch_norm:
+        return nn.Identity()
+    return nn.BatchNorm2d(n) if dims == 2 else nn.BatchNorm1d(n)
+
+
+def conv_trunk(
+    image_shape: tuple[int, int, int], width: float, batch_norm: bool = True, in_channels: int | None = None
+) -> tuple[nn.Sequential, int]:
+    """D's trunk, images (B, in_channels or C, H, W) -> features (B, fc_dim); returns (trunk, fc_dim).
+
+    ``in_channels`` other than C: the contrastive head's 2C-channel image pairs (:mod:`gan.cr`).
+    Without batch norm every layer keeps its bias (with it, the norm would cancel the bias).
+    """
+    side, channels = _channel_ladder(image_shape, width)
+    channels = channels[::-1]  # image -> base
+    fc_dim = _scaled(FC_DIM, width)
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels or image_shape[0], channels[0], 4, stride=2, padding=1),
+        nn.LeakyReLU(LEAK),
+    ]
+    for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
+        layers += [
+            nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=not batch_norm),
+            _norm(c_out, batch_norm, 2),
+            nn.LeakyReLU(LEAK),
+        ]
+    layers += [
+        nn.Flatten(),
+        Linear(channels[-1] * side * side, fc_dim, bias=not batch_norm),
+        _norm(fc_dim, batch_norm, 1),
+        nn.LeakyReLU(LEAK),
+    ]
+    return nn.Sequential(*layers), fc_dim
+
+
 class Discriminator(nn.Module):
     """D and Q on one trunk: images (B, C, H, W) -> real/fake logit (B,) and Q outputs (B, code_dim).
 
     Q's outputs are laid out as ``spec.split`` expects: k logits per categorical code (no
-    softmax), one mean per continuous code.
+    softmax), one mean per continuous code. ``batch_norm=False``: the trunk and Q head without
+    batch norm (``d_norm = "spectral"``; :func:`build_models` then normalizes the layers).
     """
 
-    def __init__(self, spec: LatentSpec, image_shape: tuple[int, int, int], width: float = 1.0) -> None:
+    def __init__(
+        self, spec: LatentSpec, image_shape: tuple[int, int, int], width: float = 1.0, batch_norm: bool = True
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.image_shape = _check_shape(image_shape)
-        side, channels = _channel_ladder(self.image_shape, width)
-        channels = channels[::-1]  # image -> base
-        fc_dim, q_dim = _scaled(FC_DIM, width), _scaled(Q_DIM, width)
-        layers: list[nn.Module] = [
-            nn.Conv2d(self.image_shape[0], channels[0], 4, stride=2, padding=1),
-            nn.LeakyReLU(LEAK),
-        ]
-        for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
-            layers += [
-                nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.LeakyReLU(LEAK),
-            ]
-        layers += [
-            nn.Flatten(),
-            Linear(channels[-1] * side * side, fc_dim, bias=False),
-            nn.BatchNorm1d(fc_dim),
-            nn.LeakyReLU(LEAK),
-        ]
-        self.trunk = nn.Sequential(*layers)
+        self.trunk, fc_dim = conv_trunk(self.image_shape, width, batch_norm)
+        q_dim = _scaled(Q_DIM, width)
         self.d_head = Linear(fc_dim, 1)
         self.q_head = nn.Sequential(
-            Linear(fc_dim, q_dim, bias=False),
-            nn.BatchNorm1d(q_dim),
+            Linear(fc_dim, q_dim, bias=not batch_norm),
+            _norm(q_dim, batch_norm, 1),
             nn.LeakyReLU(LEAK),
             Linear(q_dim, spec.code_dim),
         )
@@ -154,13 +187,32 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def spectral_normalize(module: nn.Module, skip: tuple[nn.Module, ...] = ()) -> nn.Module:
+    """Spectral normalization (Miyato et al. 2018) on every conv and linear layer of ``module`` but
+    ``skip``: torch's parametrization, W / sigma(W) with sigma from one power iteration per forward
+    in train mode (as fjxmlzn/InfoGAN-CR ``gan/sn.py``: one per step). Call it after the init, which
+    writes the raw weights."""
+    for m in list(module.modules()):
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and not any(m is s for s in skip):
+            spectral_norm(m)
+    return module
+
+
 def build_models(
-    spec: LatentSpec, image_shape: tuple[int, int, int], width: float = 1.0
+    spec: LatentSpec, image_shape: tuple[int, int, int], width: float = 1.0, d_norm: DNorm = "none"
 ) -> tuple[Generator, Discriminator]:
-    """G and D (with Q) for ``image_shape``, DCGAN-initialized; uses the global torch RNG."""
-    generator, discriminator = Generator(spec, image_shape, width), Discriminator(spec, image_shape, width)
+    """G and D (with Q) for ``image_shape``, DCGAN-initialized; uses the global torch RNG.
+
+    ``d_norm``: ``none`` (D with batch norm, InfoGAN) or ``spectral`` (no batch norm in D, every
+    conv and linear layer of D and Q spectrally normalized, InfoGAN-CR)."""
+    if d_norm not in ("none", "spectral"):
+        raise ValueError(f"d_norm must be one of none, spectral; got {d_norm!r}")
+    generator = Generator(spec, image_shape, width)
+    discriminator = Discriminator(spec, image_shape, width, batch_norm=d_norm == "none")
     init_weights(generator)
     init_weights(discriminator)
+    if d_norm == "spectral":
+        spectral_normalize(discriminator)
     return generator, discriminator
 
 

@@ -79,6 +79,7 @@ class Linear(nn.Linear):
     """``nn.Linear`` whose fp32 CPU matmuls run in oneDNN (see the module docstring)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if uses_onednn(x, self.weight):
-            return _OneDNNLinear.apply(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
+        weight = self.weight  # read once: under a parametrization (spectral norm) each read recomputes it
+        if uses_onednn(x, weight):
+            return _OneDNNLinear.apply(x, weight, self.bias)
+        return F.linear(x, weight, self.bias)

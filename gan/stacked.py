@@ -85,6 +85,16 @@ def check_config(cfg: TrainConfig) -> None:
             f"lambda_pair={cfg.lambda_pair}: intervention pairs have a discriminator of their own, "
             "which is not stacked; train these runs one at a time"
         )
+    if cfg.d_norm != "none":
+        raise StackError(
+            f"d_norm={cfg.d_norm!r}: spectral norm's parametrization is not stacked (vmap of functional_call "
+            "does not carry its power-iteration state); use d_norm none, or train these runs one at a time"
+        )
+    if cfg.lambda_cr > 0 or cfg.g_steps != 1:
+        raise StackError(
+            f"lambda_cr={cfg.lambda_cr:g}, g_steps={cfg.g_steps}: the contrastive head and a second G update are "
+            "not stacked; use lambda_cr 0 and g_steps 1, or train these runs one at a time"
+        )
     if cfg.precision != "fp32":
         raise StackError(
             f"precision={cfg.precision!r}: stacked training runs in fp32 only (torch 2.13's vmapped batch norm "

@@ -91,6 +91,27 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(n_steps=5000, batch_size=128, lambda_info=1.0, width=1.0, log_every=50, checkpoint_every=500),
     # A complete run on a 2-core CPU in a minute or two: narrow nets, a few hundred steps.
     "quick": dict(n_steps=300, batch_size=64, width=0.25, log_every=25, checkpoint_every=100),
+    # InfoGAN-CR's dSprites recipe, as its released code sets it (fjxmlzn/InfoGAN-CR,
+    # InfoGAN-CR_dSprites/config.py and gan/infogan_cr.py): 28 epochs of 737,280 images at batch 64
+    # (322,560 steps), Adam 1e-3 (G) and 2e-3 (D, Q and the contrastive head) with beta1 0.5,
+    # lambda_info 0.05, spectral norm in D, two G updates per step, and the contrastive term at
+    # weight 2 from step 288,000. With --codes infogan-cr-dsprites (uniform noise). The modified
+    # InfoGAN of their Table 1: add --lambda-struct 0 --lambda-cr 0; InfoGAN-CR: --lambda-struct 0.
+    "infogan-cr-dsprites": dict(
+        n_steps=322560,
+        batch_size=64,
+        lr_g=1e-3,
+        lr_d=2e-3,
+        beta1=0.5,
+        lambda_info=0.05,
+        d_norm="spectral",
+        g_steps=2,
+        lambda_cr=2.0,
+        cr_start=288000,
+        width=1.0,
+        log_every=100,
+        checkpoint_every=5000,
+    ),
     # Tests and smoke checks: seconds.
     "tiny": dict(n_steps=20, batch_size=16, width=0.125, log_every=5, checkpoint_every=10),
 }
