@@ -42,6 +42,12 @@ Forms (strings, so the list may grow):
   towards determinism, and the total reward is at most edge_cap per edge (1 nat by default: a
   partial correlation of sqrt(1 - e^-2) = 0.93).
 
+Gradient (``grad``). ``all`` (the default) differentiates every fit through its child and its
+parents. ``child`` treats each fit's parents as constants (detached), so R_G moves a code only as
+a child: a saturated fit can then no longer lower the deviance by making a parent, such as the
+categorical code's softmax, less informative about its children (issue 15's suspect for the
+regularizer's cost to ``cat_acc``). The values are the same either way.
+
 Small-batch correction (``correction="unbiased"``, the default; ``"none"`` keeps the in-sample
 values). Each nll above is an in-sample fit, biased downward by the fit's degrees of freedom, so
 the saturated model always wins a little: with the graph exactly true, the in-sample deviance is
@@ -101,6 +107,8 @@ Form = Literal["likelihood", "deviance", "both", "perfect_map"]
 FORMS: tuple[str, ...] = typing.get_args(Form)
 Correction = Literal["unbiased", "none"]
 CORRECTIONS: tuple[str, ...] = typing.get_args(Correction)
+Grad = Literal["all", "child"]
+GRADS: tuple[str, ...] = typing.get_args(Grad)
 Edge = tuple[str, str]
 _HALF_LOG_2PI_E = 0.5 * math.log(2 * math.pi) + 0.5
 
@@ -248,6 +256,7 @@ class StructuralLoss:
         edge_cap: the most reward, in nats, one edge earns in ``perfect_map``.
         correction: ``unbiased`` (each nll estimates its population value, module docstring) or
             ``none`` (the in-sample values).
+        grad: ``all`` or ``child`` (the parents of every fit detached; module docstring).
     """
 
     def __init__(
@@ -260,6 +269,7 @@ class StructuralLoss:
         alpha: float = 0.1,
         edge_cap: float = 1.0,
         correction: Correction = "unbiased",
+        grad: Grad = "all",
     ) -> None:
         if form not in FORMS:
             raise ValueError(f"unknown structural form {form!r}; expected one of {', '.join(FORMS)}")
@@ -269,6 +279,9 @@ class StructuralLoss:
             raise ValueError(f"struct edge cap must be > 0 nats, got {edge_cap}")
         if correction not in CORRECTIONS:
             raise ValueError(f"unknown struct correction {correction!r}; expected one of {', '.join(CORRECTIONS)}")
+        if grad not in GRADS:
+            raise ValueError(f"unknown struct grad {grad!r}; expected one of {', '.join(GRADS)}")
+        self.parent_grad = grad == "all"
         self.spec, self.form, self.floor, self.ridge, self.alpha = spec, form, floor, ridge, alpha
         self.edge_cap, self.correct = edge_cap, correction == "unbiased"
         q_nodes = [f"q{i + 1}" for i in range(len(spec.codes))]
@@ -281,7 +294,7 @@ class StructuralLoss:
                 u for u in c_nodes + list(order[:position]) if not categorical or spec.code(u).kind == "categorical"
             )
             self.families.append(_Family(v, categorical, pa[v], full))
-        self._options = dict(floor=floor, ridge=ridge, alpha=alpha, edge_cap=edge_cap, correction=correction)
+        self._options = dict(floor=floor, ridge=ridge, alpha=alpha, edge_cap=edge_cap, correction=correction, grad=grad)
         self._parents = pa
         self._plan()
         self._stacked = StackedStructuralLoss([self])
@@ -361,10 +374,19 @@ class StackedStructuralLoss:
     def __init__(self, losses: Sequence[StructuralLoss]) -> None:
         first = losses[0]
         for loss in losses[1:]:
-            same = (loss.spec, loss.floor, loss.ridge, loss.alpha, loss.edge_cap, loss.correct)
-            if same != (first.spec, first.floor, first.ridge, first.alpha, first.edge_cap, first.correct):
+            same = (loss.spec, loss.floor, loss.ridge, loss.alpha, loss.edge_cap, loss.correct, loss.parent_grad)
+            if same != (
+                first.spec,
+                first.floor,
+                first.ridge,
+                first.alpha,
+                first.edge_cap,
+                first.correct,
+                first.parent_grad,
+            ):
                 raise ValueError(
-                    "stacked structural losses must share the latent spec, floor, ridge, alpha, edge cap and correction"
+                    "stacked structural losses must share the latent spec, floor, ridge, alpha, edge cap, correction "
+                    "and grad"
                 )
         self.losses, self.spec = list(losses), first.spec
         self.floor, self.ridge, self.alpha, self.edge_cap, self.correct = (
@@ -374,6 +396,7 @@ class StackedStructuralLoss:
             first.edge_cap,
             first.correct,
         )
+        self.parent_grad = first.parent_grad
         self.n_continuous = max(loss.n_continuous for loss in losses)
         self.children = list(dict.fromkeys(child for loss in losses for child in loss.groups))
         sizes = {child: max(len(loss.groups.get(child, ())) for loss in losses) for child in self.children}
@@ -474,6 +497,7 @@ class StackedStructuralLoss:
         own fits at ``_slots``)."""
         const = const or self._constants_on(c.device)
         z = self._node_matrix(c.float(), q_out.float(), const)
+        parents = z if self.parent_grad else z.detach()  # each fit's parent columns (its child is never among them)
         k, n = z.shape[:2]
         parts = []
         if self.n_continuous:
@@ -485,13 +509,15 @@ class StackedStructuralLoss:
                 # check for a singular system; one gives NaNs, which the trainer reports as diverged)
                 beta = torch.linalg.solve_ex(system, rhs).result  # (K, F, W)
             zy = z.gather(2, const["child"][:, None, :].expand(-1, n, -1))  # (K, B, F)
-            var = (zy - torch.bmm(z, beta.transpose(1, 2))).pow(2).mean(1)  # (K, F)
+            var = (zy - torch.bmm(parents, beta.transpose(1, 2))).pow(2).mean(1)  # (K, F); beta is 0 off the parents
             if self.correct:
                 var = var * self._variance_shifts(n, z.device)
             parts.append(0.5 * torch.log(var.clamp_min(self.floor)) + _HALF_LOG_2PI_E)
         for child in self.children:
             fits = const["groups"][child]
-            weights = [self._configurations(z[m], loss, child, fits.shape[1]) for m, loss in enumerate(self.losses)]
+            weights = [
+                self._configurations(parents[m], loss, child, fits.shape[1]) for m, loss in enumerate(self.losses)
+            ]
             parts.append(
                 categorical_nlls(z[:, :, self._columns(child)], torch.stack(weights), fits, self.alpha, self.correct)
             )

@@ -51,7 +51,7 @@ from gan.losses import anchor_loss, d_loss, g_loss, info_loss
 from gan.models import DNorm, build_models
 from gan.pairs import PAIR_KEYS, PairGAN, SampleRealPairs, sample_pair_latents
 from gan.prior import CodePrior
-from gan.structure import Correction, Form, StructuralLoss
+from gan.structure import Correction, Form, Grad, StructuralLoss
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,11 @@ class TrainConfig:
     struct_correction: Correction = doc_field(
         "small-batch correction of R_G's per-batch fits: unbiased (a true graph scores ~0), or none (in-sample)",
         "unbiased",
+    )
+    struct_grad: Grad = doc_field(
+        "R_G's gradient: all (through every fit's child and parents), or child (parents detached: R_G never "
+        "makes a parent code less informative)",
+        "all",
     )
     anchor_labels: float = doc_field(
         "anchored training images, whose factor values or labels Q is told (ss-InfoGAN): a fraction in (0, 1), "
@@ -260,6 +265,7 @@ class Trainer:
                 cfg.struct_floor,
                 edge_cap=cfg.struct_edge_cap,
                 correction=cfg.struct_correction,
+                grad=cfg.struct_grad,
             )
             if cfg.lambda_struct > 0
             else None

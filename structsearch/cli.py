@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from gan.latents import get_spec
+from gan.latents import SPECS, get_spec
 from gan.train import CheckpointError
 from structsearch import config as config_mod
 from structsearch import inputs
@@ -735,7 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--codes",
         default="mnist",
-        help="latent spec: a preset (mnist, infogan-mnist, mnist3, dsprites, shapes) or e.g. 'cat10,cont,cont;noise=62' (noise=uniform62: uniform noise)",
+        help=f"latent spec: a preset ({', '.join(SPECS)}) or e.g. 'cat10,cont,cont;noise=62' (noise=uniform62: uniform noise)",
     )
     p.add_argument("--out", help="write a PNG picture of the graph here")
     p.add_argument("--json", help="write the graph as JSON here")
@@ -748,7 +748,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one graph: InfoGAN + the structural regularizer, scores, MLflow")
     p.add_argument(
-        "--preset", choices=list(config_mod.PRESETS), help="training preset (paper, quick, tiny); flags override it"
+        "--preset",
+        choices=list(config_mod.PRESETS),
+        help=f"training preset ({', '.join(config_mod.PRESETS)}); flags override it",
     )
     p.add_argument(
         "--out",

@@ -521,3 +521,27 @@ def test_stacked_losses_equal_each_graph_alone(spec_text: str) -> None:
     stacked.sum().backward()
     alone.sum().backward()
     assert (q_stacked.grad - q_alone.grad).abs().max() <= 1e-6 * max(q_alone.grad.abs().max().item(), 1.0)
+
+
+def test_grad_child_keeps_the_value_and_never_moves_a_code_through_its_role_as_a_parent() -> None:
+    """The deviance of the independent graph on cat10,cont,cont: q1's own fits (q1 | c1) are its
+    graph and saturated fits alike, so q1 enters the deviance only as a parent of q2's and q3's saturated fits. With the
+    parents detached its logits get no gradient at all; with ``all`` they do."""
+    graph = Graph.parse("c1->q1, c2->q2, c3->q3", MNIST)
+    gen = torch.Generator().manual_seed(3)
+    c = torch.cat(
+        [F.one_hot(torch.randint(0, 10, (128,), generator=gen), 10).float(), torch.rand(128, 2, generator=gen)], 1
+    )
+    base = c + 0.3 * torch.randn(128, 12, generator=gen)
+    values, grads = {}, {}
+    for grad in ("all", "child"):
+        q = base.clone().requires_grad_()
+        loss = StructuralLoss(MNIST, graph.parents(), form="deviance", grad=grad)(c, q)
+        loss.backward()
+        values[grad], grads[grad] = loss.item(), q.grad
+    assert values["child"] == pytest.approx(values["all"], abs=1e-6)
+    assert grads["all"][:, :10].abs().max() > 1e-4  # the saturated fits move q1 through its softmax
+    assert grads["child"][:, :10].abs().max() == 0.0
+    assert grads["child"][:, 10:].abs().max() > 1e-4  # q2, q3 still move as children
+    with pytest.raises(ValueError, match="unknown struct grad 'parents'; expected one of all, child"):
+        StructuralLoss(MNIST, graph.parents(), grad="parents")
