@@ -99,13 +99,15 @@ def checkpoint_path(args: argparse.Namespace, truth: str, seed: int, edges: Edge
     return args.runs / f"{truth}-s{seed}-{slug(edges)}-{args.steps}-{args.lambda_pair:g}" / "checkpoint.pt"
 
 
-def config(truth: str, seed: int, edges: Edges, steps: int, lambda_pair: float, device: str) -> RunConfig:
+def config(
+    truth: str, seed: int, edges: Edges, steps: int, lambda_pair: float, device: str, n_eval: int = 2000
+) -> RunConfig:
     train = apply_preset(TrainConfig(), "quick")
     train = dataclasses.replace(
         train, n_steps=steps, seed=seed, code_prior="graph", lambda_pair=lambda_pair, checkpoint_every=250
     )
     graph = ", ".join(["c1->q1, c2->q2, c3->q3", *(f"{u}->{v}" for u, v in edges)])
-    return RunConfig(dataset="shapes", shapes_graph=truth, graph=graph, device=device, train=train)
+    return RunConfig(dataset="shapes", shapes_graph=truth, graph=graph, device=device, n_eval=n_eval, train=train)
 
 
 def pixel_pair_energy(outcome, dataset, n: int) -> float:
@@ -132,7 +134,7 @@ def run_one(
     truth: str, seed: int, edges: Edges, args: argparse.Namespace, datasets: dict, deadline: float
 ) -> dict | None:
     """Train and score one candidate; None when the deadline stopped it (its checkpoint is kept)."""
-    cfg = config(truth, seed, edges, args.steps, args.lambda_pair, args.device)
+    cfg = config(truth, seed, edges, args.steps, args.lambda_pair, args.device, args.n_eval)
     dataset = datasets.setdefault(truth, load_dataset(cfg))
     graph = resolve_graph(cfg, dataset)
     trainer = make_trainer(cfg, graph, dataset)
@@ -287,7 +289,7 @@ def candidates(text: str) -> list[Edges]:
     return chosen
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--lambda-pair", type=float, default=1.0)
@@ -295,12 +297,25 @@ def main() -> None:
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds")
     parser.add_argument("--candidates", default="all", help="'all' (25 DAGs) or DAGs separated by ';'")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--n-eval", type=int, default=2000, help="held-out real images and pairs the scores read")
     parser.add_argument("--out", type=Path, default=Path("docs/results/pairs-recovery/results.jsonl"))
     parser.add_argument("--runs", type=Path, default=Path("runs/pairs-recovery"), help="checkpoints of unfinished runs")
     parser.add_argument("--shard", default="0/1", help="I/N: this process runs every N-th run from I")
     parser.add_argument("--max-minutes", type=float, default=math.inf, help="stop (checkpointed) after this long")
     parser.add_argument("--summarize", action="store_true", help="write summary.md beside --out and stop")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def shard(text: str) -> tuple[int, int]:
+    """ "I/N" -> (I, N), 0 <= I < N."""
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or not int(parts[0]) < int(parts[1]):
+        raise SystemExit(f"--shard {text!r}: give I/N with 0 <= I < N, e.g. 0/2")
+    return int(parts[0]), int(parts[1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     deadline = time.monotonic() + 60 * args.max_minutes
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.exists() else []
@@ -308,8 +323,8 @@ def main() -> None:
         (args.out.parent / "summary.md").write_text(summarize(rows) + "\n")
         print(summarize(rows))
         return
-    torch.set_num_threads(1) if args.device == "cpu" else None
-    index, count = map(int, args.shard.split("/"))
+    torch.set_num_threads(1)  # one thread per process: run shards to use more cores
+    index, count = shard(args.shard)
     done = {(r["truth"], r["seed"], r["graph"], r["steps"], r["lambda_pair"]) for r in rows}
     seeds = [int(s) for s in args.seeds.split(",")]
     grid = list(itertools.product(seeds, args.truths.split(","), candidates(args.candidates)))[index::count]
