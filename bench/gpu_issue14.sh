@@ -2,7 +2,7 @@
 # Issue 14's pairs benchmark (items 3-4) for a session lent a GPU: one call, at most 8 minutes.
 #
 #   bash bench/gpu_issue14.sh [OUT]              # on the GPU machine; default OUT docs/results/pairs-recovery
-#   bash bench/gpu_issue14.sh --dry-run [OUT]    # a rehearsal on this CPU: every step, tiny (about 2 minutes)
+#   bash bench/gpu_issue14.sh --dry-run [OUT]    # a rehearsal on this CPU: every step, tiny (3.5 minutes on a busy 2-core CPU)
 #
 # The grid: 3 truths (collider, chain, fork) x 3 seeds x all 25 DAGs over q1..q3 = 225 runs, each
 # one model trained under its candidate with --code-prior graph --lambda-pair $LAMBDA for $STEPS steps
@@ -14,12 +14,15 @@
 # under 10 s remain):
 #
 #   1. env        (20)  GPU, driver, torch
-#   2. preflight  (90)  one 20-step run on the device: every code path, and the feature net of
+#   2. speed      (40)  s/step of one process alone on the device, without and with pairs
+#   3. preflight  (90)  one 20-step run on the device: every code path, and the feature net of
 #                       pair_feature_energy (fid's, trained once here and cached for the shards)
-#   3. bench     (rest) the shards; each stops training at --max-minutes (checkpointed, so a second
+#   4. bench     (rest) the shards; each stops training at --max-minutes (checkpointed, so a second
 #                       call of this script resumes every unfinished run and skips finished ones)
-#   4. summary    (30)  summary.md: per truth and score, how often the top DAG is right
+#   5. summary    (30)  summary.md: per truth and score, how often the top DAG is right
 #
+# A second call (a fresh machine) resumes where the first stopped when OUT/results.jsonl is in the
+# working tree and runs/pairs-recovery (ignored by git: the device tool's `carry`) travels with it.
 # Environment: STEPS (default 1000), LAMBDA (1.0), PROCS (15), BUDGET_S (450 of the 480), PYTHON.
 # Results land in OUT (results.jsonl, summary.md, logs/). When $OUT names a folder (the device
 # tool's), they are also packed into $OUT/gpu-issue14.tar.gz with the console log as $OUT/console.log.
@@ -36,12 +39,12 @@ mkdir -p "$out/logs"
 : >"$out/logs/steps.txt"
 runs=$(mktemp -d)  # the preflight's checkpoints
 if ((dry)); then
-    device=cpu steps=${STEPS:-10} procs=${PROCS:-2} lambda=${LAMBDA:-1.0}
+    device=cpu steps=${STEPS:-10} procs=${PROCS:-2} lambda=${LAMBDA:-1.0} speed_steps=5
     grid=(--seeds 0,1 --candidates "q1->q3, q2->q3; (no edges); q1->q2, q1->q3, q2->q3")
     expected=18
     ckpt=$runs/bench
 else
-    device=cuda steps=${STEPS:-1000} procs=${PROCS:-15} lambda=${LAMBDA:-1.0}
+    device=cuda steps=${STEPS:-1000} procs=${PROCS:-15} lambda=${LAMBDA:-1.0} speed_steps=200
     grid=()
     expected=225
     ckpt=runs/pairs-recovery  # in the repository: a second call resumes from here
@@ -83,6 +86,7 @@ shards() {  # shards LIMIT: every shard in the background under `timeout LIMIT`,
 {
     step env 20 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1;
         $py -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.cuda.is_available())'"
+    step speed 40 "${bench[@]}" --speed "$speed_steps"  # s/step of one process alone, without and with pairs
     step preflight 90 "${bench[@]}" --steps 20 --truths collider --seeds 0 --candidates "q1->q3, q2->q3" \
         --out "$runs/preflight.jsonl" --runs "$runs/preflight" || { echo "preflight failed: stopping"; exit 1; }
     shards $((budget - SECONDS - 35))  # 35 s left for the summary and the packing

@@ -164,7 +164,7 @@ def run_one(
         "lambda_pair": args.lambda_pair,
         "status": outcome.result.status,
         "resumed_at": resumed_at,
-        "seconds": round(time.time() - started, 1),
+        "seconds": round(time.time() - started, 1),  # training and the registry's scores
         "losses": outcome.result.losses,
     }
     if outcome.result.status == "completed":
@@ -176,7 +176,25 @@ def run_one(
             "matching": matching,
             "matched_graph": edges_text(renamed),
         }
-    return row
+    return row | {"seconds_total": round(time.time() - started, 1)}
+
+
+def speed(steps: int, device: str) -> dict[str, float]:
+    """Seconds per training step of the benchmark's net (collider truth and graph) without pairs
+    and with them, after 10 warm-up steps, one thread: what the grid's cost is made of."""
+    out = {}
+    for lambda_pair in (0.0, 1.0):
+        cfg = config("collider", 0, GRAPHS["collider"], 10**6, lambda_pair, device)
+        dataset = load_dataset(cfg)
+        trainer = make_trainer(cfg, resolve_graph(cfg, dataset), dataset)
+        for _ in range(10):
+            trainer.train_step()
+        started = time.perf_counter()
+        for _ in range(steps):
+            losses = trainer.train_step()
+        float(losses["loss/g"])  # wait for the device
+        out[f"s_per_step/lambda_pair={lambda_pair:g}"] = (time.perf_counter() - started) / steps
+    return out
 
 
 # ---- the summary -------------------------------------------------------------------------------
@@ -303,6 +321,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shard", default="0/1", help="I/N: this process runs every N-th run from I")
     parser.add_argument("--max-minutes", type=float, default=math.inf, help="stop (checkpointed) after this long")
     parser.add_argument("--summarize", action="store_true", help="write summary.md beside --out and stop")
+    parser.add_argument("--speed", type=int, metavar="STEPS", help="print s/step with and without pairs and stop")
     return parser.parse_args(argv)
 
 
@@ -324,6 +343,9 @@ def main(argv: list[str] | None = None) -> None:
         print(summarize(rows))
         return
     torch.set_num_threads(1)  # one thread per process: run shards to use more cores
+    if args.speed:
+        print(json.dumps(speed(args.speed, args.device)))
+        return
     index, count = shard(args.shard)
     done = {(r["truth"], r["seed"], r["graph"], r["steps"], r["lambda_pair"]) for r in rows}
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -95,7 +95,7 @@ def test_bad_candidates_are_refused(bench) -> None:
     assert bench.candidates("q1->q3, q2->q3; (no edges)") == [COLLIDER, ()]
 
 
-@pytest.mark.slow  # about 20 s: two 50-step runs of the quick net, one stopped and resumed, scored
+@pytest.mark.slow  # 10-20 s: two 50-step runs of the quick net, one stopped and resumed, scored
 def test_a_tiny_benchmark_stops_resumes_and_summarizes(bench, tmp_path, monkeypatch) -> None:
     fid_module = importlib.import_module("structsearch.metrics.fid")
     monkeypatch.setattr(fid_module, "DEFAULT_CACHE_DIR", tmp_path / "fid")  # nothing written outside the test
