@@ -36,7 +36,9 @@ Extra scores: ``mig``, ``dci``, ``sap``, ``modularity``, ``factorvae``, ``betava
 distance of the q part to the true factor graph after matching codes to factors; a known factor
 graph), ``fid`` (Frechet distance in a small classifier's features; labels or factors to train it),
 ``pair_energy`` (energy distance of Q's codes of held-out real intervention pairs and generated
-ones, :mod:`gan.pairs`; a dataset with pairs).
+ones, :mod:`gan.pairs`; a dataset with pairs), ``pair_feature_energy`` (the same distance in the
+fixed features of ``fid``'s feature net, one space for every model: the pair score that compares
+models across their coordinate systems; pairs, and factors to train the net).
 """
 
 from __future__ import annotations
@@ -419,6 +421,36 @@ def _pair_energy(r: Reading) -> dict[str, float]:
     return {"pair_energy": energy_distance(np.hstack([x, x_after]), np.hstack([g, g_after]))}
 
 
+@score("pair_feature_energy", "minimize", base=False, needs=("pairs", "labels_or_factors"))
+def _pair_feature_energy(r: Reading) -> dict[str, float]:
+    """Energy distance of real and generated pairs (f(x), f(x')) in one fixed feature space, the
+    dataset's :class:`~structsearch.metrics.fid.FeatureNet` (``fid``'s), standardized per feature
+    by the held-out real images. Also ``pair_feature_energy/single``: the same for single images
+    f(x), the part of the distance that is not about pairs (image quality, the marginal).
+
+    Why a fixed space: ``pair_energy`` reads both sides through the scored model's own Q, so each
+    model is measured in coordinates and a metric of its own (a Q blind to one factor makes every
+    distance along it vanish), and the numbers of two models do not compare. Here every model's
+    pairs are images seen by the same net. The trap cannot win by construction: a G whose codes are
+    (width, thickness, height's noise) under the empty graph draws do(noise) pairs in which the new
+    height still follows width and thickness; real do(height) pairs do not, and the feature net,
+    which reads height, sees the difference whatever the model's codes are. The net is trained on
+    the dataset's factor values (as for ``fid``): the models never see them, the score's space does.
+    """
+    from structsearch import metrics
+
+    ev = r.ev
+    net, _ = metrics.load_or_train_feature_net(ev.dataset, device=ev.device)
+    real = ev.dataset.test_pairs(ev.n_eval)
+    z, c, c_after = ev.sample_pairs(len(real), torch.Generator(ev.device).manual_seed(ev.seed + 1))
+    sides = (real.images, real.images_after, generate(r.G, z, c), generate(r.G, z, c_after))
+    x, x_after, g, g_after = standardized(*(features(net, images.to(ev.device)) for images in sides))
+    return {
+        "pair_feature_energy": energy_distance(np.hstack([x, x_after]), np.hstack([g, g_after])),
+        "pair_feature_energy/single": energy_distance(x, g),
+    }
+
+
 # ---- helpers -----------------------------------------------------------------------------------
 
 
@@ -466,6 +498,21 @@ def generate(G: torch.nn.Module, z: torch.Tensor, c: torch.Tensor, batch_size: i
     """G's images of (z, c), in batches, eval mode."""
     with evaluating(G):
         return torch.cat([G(z[i : i + batch_size], c[i : i + batch_size]) for i in range(0, len(z), batch_size)])
+
+
+@torch.no_grad()
+def features(net: torch.nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """A fixed feature net's features (N, feature_dim) of images, in batches, eval mode."""
+    with evaluating(net):
+        return torch.cat([net.features(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def standardized(reference: torch.Tensor, *others: torch.Tensor) -> list[np.ndarray]:
+    """Every (N, d) set (``reference`` first) as float64 arrays centred and scaled per column by
+    ``reference``'s mean and standard deviation (a constant column is left unscaled)."""
+    mean, sd = reference.double().mean(0), reference.double().std(0)
+    sd = torch.where(sd > 1e-6, sd, torch.ones_like(sd))
+    return [((x.double() - mean) / sd).cpu().numpy() for x in (reference, *others)]
 
 
 def code_columns(spec: LatentSpec, flat: torch.Tensor, prefix: str) -> dict[str, np.ndarray]:

@@ -10,11 +10,16 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from gan import dag
+from gan.latents import get_spec
+from gan.pairs import sample_pair_latents
+from gan.prior import CodePrior
 from structsearch import pairs
 from structsearch.datasets.shapes import GRAPHS, NODES, LinearSCM
+from structsearch.graph import preset
 from structsearch.identifiability import bic_per_row, factor_values
 
 DAGS = dag.all_dags(NODES)
@@ -179,3 +184,35 @@ def test_with_resampled_noise_instead_of_perfect_interventions_the_exogenous_rea
         factor = pairs.pair_score(before, after, GRAPHS[truth])
         exo = pairs.pair_score(*pairs.exogenous(before, after, GRAPHS[truth]), EMPTY)
         assert exo.score > factor.score + 0.05, truth
+
+
+# ---- the generator's pair sampler on a chain: descendants two steps down are recomputed ------------
+
+
+def test_pair_latents_on_a_chain_recompute_every_descendant_and_keep_the_rest() -> None:
+    """c1 -> c2 -> c3 (gan/pairs.py): do(c1) recomputes c2 from its old noise AND c3 from the new c2
+    (a grandchild: the collider of tests/test_pair_training.py has none); do(c2) keeps c1 and
+    recomputes c3; do(c3) keeps c1 and c2. The target takes the fresh marginal draw. Expected values
+    by hand from the mechanisms' weights and the replayed random draws, not through ``solve``."""
+    spec, n = get_spec("shapes"), 20_000
+    prior = CodePrior(spec, preset("chain", spec).parents())
+    z, c, c_after = sample_pair_latents(prior, n, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)  # replay: the shared noise, the targets, the fresh draw
+    _, noise = spec.sample(n, g)
+    target = torch.randint(3, (n,), generator=g)
+    _, fresh = prior.sample(n, g)
+    m2, m3 = prior.mechanisms
+    assert (m2.column, m2.parents, m3.column, m3.parents) == (1, (0,), 2, (1,))
+
+    def child(m, parent: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return (m.weight * parent + m.noise_scale * noise[rows, m.column]).clamp(-1, 1)
+
+    do1, do2, do3 = (target == k for k in range(3))
+    assert torch.equal(c_after[do1, 0], fresh[do1, 0])
+    assert torch.equal(c_after[do1, 1], child(m2, c_after[do1, 0], do1))
+    assert torch.equal(c_after[do1, 2], child(m3, c_after[do1, 1], do1))  # the grandchild follows the new c2
+    assert (c_after[do1, 2] != c[do1, 2]).float().mean() > 0.9
+    assert torch.equal(c_after[do2, 0], c[do2, 0]) and torch.equal(c_after[do2, 1], fresh[do2, 1])
+    assert torch.equal(c_after[do2, 2], child(m3, c_after[do2, 1], do2))
+    assert torch.equal(c_after[do3, :2], c[do3, :2]) and torch.equal(c_after[do3, 2], fresh[do3, 2])
+    assert torch.equal(c[:, 1], child(m2, c[:, 0], slice(None)))  # before: the plain SCM

@@ -71,6 +71,7 @@ DIRECTIONS = {
     "shd": "minimize",
     "fid": "minimize",
     "pair_energy": "minimize",
+    "pair_feature_energy": "minimize",
 }
 PLAIN = SimpleNamespace(name="plain", n_classes=None, factor_names=(), true_edges=None)  # neither labels nor factors
 SHAPES_SPEC = get_spec("shapes")
@@ -298,3 +299,38 @@ def test_known_answers_of_pair_energy(shapes) -> None:
     assert abs(truth) < 0.002 and trap > truth + 0.002, (truth, trap)
     independent = energy(None, shapes, n_eval=400)  # the Evaluator's default: the spec's independent prior
     assert independent > 0.02
+
+
+@pytest.mark.slow  # about 20 s: 2,000 pairs a side, five times
+def test_known_answers_of_pair_feature_energy(tmp_path, monkeypatch) -> None:
+    """In one fixed feature space (here an untrained, seeded feature net: any fixed net will do):
+    0 (within noise) for the real pairs, clearly above for the trap's pairs, whose single images are
+    the real ones (``/single`` stays 0), far above for independent codes. And unlike ``pair_energy``
+    it does not depend on the scored model's Q: a Q blind to height hides the trap from
+    ``pair_energy`` (each model's own ruler) but not from this score."""
+    fid_module = importlib.import_module("structsearch.metrics.fid")
+    monkeypatch.setattr(fid_module, "DEFAULT_CACHE_DIR", tmp_path)  # nothing written outside the test
+    monkeypatch.setattr(fid_module, "fit", lambda *args, **kwargs: None)
+    dataset = get_dataset("shapes", n_train=400, n_test=2000)
+
+    class BlindToHeight(Reader):
+        def q(self, images: torch.Tensor) -> torch.Tensor:
+            return super().q(images) * torch.tensor([1.0, 1.0, 0.0])
+
+    def energy(sample_pairs, reader: torch.nn.Module | None = None) -> dict[str, float]:
+        evaluator = scores.Evaluator(
+            preset("collider", SHAPES_SPEC), dataset, n_eval=2000, seed=0, scale=0.02, sample_pairs=sample_pairs
+        )
+        names = ("pair_feature_energy", "pair_energy")
+        return evaluator(Renderer(), reader or Reader(), extra=names, only=names)
+
+    truth, trap = energy(_factor_pairs(dataset)), energy(_factor_pairs(dataset, resample_noise=True))
+    assert (
+        abs(truth["pair_feature_energy"]) < 0.01 and trap["pair_feature_energy"] > truth["pair_feature_energy"] + 0.03
+    )
+    assert abs(trap["pair_feature_energy/single"]) < 0.01  # the trap's images are right one by one
+    blind = energy(_factor_pairs(dataset, resample_noise=True), BlindToHeight())
+    assert blind["pair_feature_energy"] == trap["pair_feature_energy"]  # Q plays no part
+    assert blind["pair_energy"] < trap["pair_energy"] / 3  # while the own-Q score loses the trap
+    independent = energy(None)
+    assert independent["pair_feature_energy"] > 0.2 and independent["pair_feature_energy/single"] > 0.2
