@@ -438,13 +438,14 @@ def _pair_feature_energy(r: Reading) -> dict[str, float]:
     the dataset's factor values (as for ``fid``): the models never see them, the score's space does.
     """
     from structsearch import metrics
+    from structsearch.metrics.fid import features
 
     ev = r.ev
     net, _ = metrics.load_or_train_feature_net(ev.dataset, device=ev.device)
     real = ev.dataset.test_pairs(ev.n_eval)
     z, c, c_after = ev.sample_pairs(len(real), torch.Generator(ev.device).manual_seed(ev.seed + 1))
     sides = (real.images, real.images_after, generate(r.G, z, c), generate(r.G, z, c_after))
-    x, x_after, g, g_after = standardized(*(features(net, images.to(ev.device)) for images in sides))
+    x, x_after, g, g_after = standardized(*(features(images, net) for images in sides))
     return {
         "pair_feature_energy": energy_distance(np.hstack([x, x_after]), np.hstack([g, g_after])),
         "pair_feature_energy/single": energy_distance(x, g),
@@ -498,13 +499,6 @@ def generate(G: torch.nn.Module, z: torch.Tensor, c: torch.Tensor, batch_size: i
     """G's images of (z, c), in batches, eval mode."""
     with evaluating(G):
         return torch.cat([G(z[i : i + batch_size], c[i : i + batch_size]) for i in range(0, len(z), batch_size)])
-
-
-@torch.no_grad()
-def features(net: torch.nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """A fixed feature net's features (N, feature_dim) of images, in batches, eval mode."""
-    with evaluating(net):
-        return torch.cat([net.features(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 def standardized(reference: torch.Tensor, *others: torch.Tensor) -> list[np.ndarray]:

@@ -168,14 +168,18 @@ def train_feature_net(
 
 
 @torch.no_grad()
-def feature_stats(images: torch.Tensor, net: FeatureNet, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    """Mean (D,) and covariance (D, D) of the net's features of ``images``, float64."""
+def features(images: torch.Tensor, net: FeatureNet, batch_size: int = 500) -> torch.Tensor:
+    """The net's features (N, D) of ``images``, in batches on the net's device, eval mode; on the CPU."""
     net.eval()
     device = next(net.parameters()).device
-    feats = torch.cat(
+    return torch.cat(
         [net.features(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)]
     )
-    f = feats.double().numpy()
+
+
+def feature_stats(images: torch.Tensor, net: FeatureNet, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and covariance (D, D) of the net's features of ``images``, float64."""
+    f = features(images, net, batch_size).double().numpy()
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
