@@ -51,22 +51,7 @@ else
 fi
 bench=("$py" bench/pairs_recovery.py --device "$device" --steps "$steps" --lambda-pair "$lambda")
 
-step() {  # step NAME LIMIT COMMAND...: run it under its own time limit (cut to the budget left)
-    local name=$1 limit=$2 left=$((budget - SECONDS))
-    shift 2
-    if ((left < 10)); then
-        echo "$name: skipped, ${left} s of the budget left" | tee -a "$out/logs/steps.txt"
-        return 1
-    fi
-    ((limit > left)) && limit=$left
-    local t0=$SECONDS
-    timeout -k 5 "$limit" "$@" >"$out/logs/$name.log" 2>&1
-    local rc=$?
-    echo "$name: exit $rc after $((SECONDS - t0)) s (limit $limit s)$( ((rc == 124)) && echo ', timed out')" |
-        tee -a "$out/logs/steps.txt"
-    tail -n 6 "$out/logs/$name.log" | cut -c1-300
-    return $rc
-}
+source bench/gpu_step.sh  # step NAME LIMIT COMMAND... (the working directory is the repository root)
 
 shards() {  # shards LIMIT: every shard in the background under `timeout LIMIT`, OMP_NUM_THREADS=1 each
     local limit=$1 pids=() i t0=$SECONDS rc=0

@@ -46,21 +46,7 @@ else
     stacked_args=(--ks 1,4,16 --steps 15 --rounds 3 --batch 128 --count-ops)
 fi
 
-step() {  # step NAME LIMIT COMMAND...: run it under its own time limit (cut to the budget left)
-    local name=$1 limit=$2 left=$((budget - SECONDS))
-    shift 2
-    if ((left < 10)); then
-        echo "$name: skipped, ${left} s of the budget left" | tee -a "$out/logs/steps.txt"
-        return
-    fi
-    ((limit > left)) && limit=$left
-    local t0=$SECONDS
-    timeout -k 5 "$limit" "$@" >"$out/logs/$name.log" 2>&1
-    local rc=$?
-    echo "$name: exit $rc after $((SECONDS - t0)) s (limit $limit s)$( ((rc == 124)) && echo ', timed out')" |
-        tee -a "$out/logs/steps.txt"
-    tail -n 12 "$out/logs/$name.log"
-}
+source bench/gpu_step.sh  # step NAME LIMIT COMMAND... (the working directory is the repository root)
 
 {
     step env 20 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1;
