@@ -13,7 +13,7 @@ Unif, Unif:
 * ``entangled``: the paper's entangled graph (q1, q2 -> q3 with ci -> qi), default lambda and form;
 * ``independent-child``, ``entangled-child``: the same with ``--struct-grad child`` (R_G's fits
   differentiated through their children only), issue 15's test of where the regularizer's cost
-  to cat_acc comes from.
+  to cat_acc comes from; ``independent-g``: R_G in G's update only (``--struct-on g``).
 
 Every run is its own ``structsearch train`` process, all at once (these nets leave a GPU mostly
 idle); each stops training after ``--max-minutes`` if not done (then it is scored as usual and
@@ -40,6 +40,8 @@ MODELS = {
     # issue 15's suspect: R_G's gradient through the parents of its saturated fits (q1's softmax)
     "independent-child": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-grad", "child"],
     "entangled-child": ["--codes", "infogan-mnist", "--graph", "entangled", "--struct-grad", "child"],
+    # the next suspect: R_G in D/Q's update, which reaches D's trunk through the shared Q head
+    "independent-g": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-on", "g"],
 }
 
 

@@ -3,7 +3,7 @@
 One step, as in InfoGAN (openai/InfoGAN: the Q head and D share the trunk and one optimizer):
 
 1. D and Q: adversarial loss on a real and a generated batch
-   + lambda_info * L_info + lambda_struct * R_G on the (detached) generated batch
+   + lambda_info * L_info + lambda_struct * R_G on the (detached) generated batch (not with struct_on = "g")
    [+ lambda_anchor * L_anchor on a batch of anchored real images, when the run has anchors];
 2. G: non-saturating adversarial loss + lambda_info * L_info + lambda_struct * R_G.
 
@@ -64,6 +64,7 @@ def doc_field(text: str, default, **kw):
 
 
 CodePriorKind = Literal["independent", "graph"]
+StructOn = Literal["both", "g"]
 GanLoss = Literal["bce", "lsgan"]
 Precision = Literal["fp32", "bf16"]
 
@@ -102,6 +103,10 @@ class TrainConfig:
     struct_correction: Correction = doc_field(
         "small-batch correction of R_G's per-batch fits: unbiased (a true graph scores ~0), or none (in-sample)",
         "unbiased",
+    )
+    struct_on: StructOn = doc_field(
+        "which updates R_G enters: both (D/Q's and G's), or g (G's only: Q and D's shared trunk never see it)",
+        "both",
     )
     struct_grad: Grad = doc_field(
         "R_G's gradient: all (through every fit's child and parents), or child (parents detached: R_G never "
@@ -277,6 +282,7 @@ class Trainer:
         self.loss_keys = (
             LOSS_KEYS + (PAIR_KEYS if self.pairs is not None else ()) + (CR_KEYS if self.cr is not None else ())
         )
+        self.struct_d = cfg.lambda_struct if cfg.struct_on == "both" else 0.0  # R_G's weight in D/Q's loss
         self.step = 0
 
     # ---- one step ------------------------------------------------------------------------------
@@ -319,7 +325,7 @@ class Trainer:
             real_logit, _ = self.D(real)
             fake_logit, q_out = self.D(fake.detach())
             info, struct = self._code_terms(c, q_out)
-            loss_d = d_loss(real_logit, fake_logit, cfg.gan_loss) + cfg.lambda_info * info + cfg.lambda_struct * struct
+            loss_d = d_loss(real_logit, fake_logit, cfg.gan_loss) + cfg.lambda_info * info + self.struct_d * struct
             if self.anchors is None:
                 anchor = torch.zeros((), device=self.device)
             else:

@@ -58,6 +58,22 @@ def test_regularizer_gradient_reaches_g_and_q() -> None:
     assert trainer.D.d_head.weight.grad is None  # R_G does not touch the real/fake head
 
 
+def test_struct_on_g_leaves_the_d_q_update_plain_infogans_and_still_moves_g() -> None:
+    """With R_G in G's update only, D and Q take exactly plain InfoGAN's step (the same streams);
+    G's step differs from InfoGAN's by R_G's gradient."""
+    plain, g_only = (
+        _trainer(dataclasses.replace(TINY, lambda_struct=0.0)),
+        _trainer(dataclasses.replace(TINY, struct_on="g")),
+    )
+    losses = [trainer.train_step() for trainer in (plain, g_only)]
+    assert losses[1]["loss/struct"].item() != 0.0  # computed and logged
+    for a, b in zip(plain.D.parameters(), g_only.D.parameters()):
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(plain.G.parameters(), g_only.G.parameters()))
+    with pytest.raises(ValueError, match="struct_on must be one of both, g; got 'd'"):
+        dataclasses.replace(TINY, struct_on="d")
+
+
 def test_lambda_struct_zero_does_not_compute_the_regularizer() -> None:
     trainer = _trainer(dataclasses.replace(TINY, lambda_struct=0.0))
     assert trainer.struct is None
