@@ -13,7 +13,8 @@ Unif, Unif:
 * ``entangled``: the paper's entangled graph (q1, q2 -> q3 with ci -> qi), default lambda and form;
 * ``independent-child``, ``entangled-child``: the same with ``--struct-grad child`` (R_G's fits
   differentiated through their children only), issue 15's test of where the regularizer's cost
-  to cat_acc comes from; ``independent-g``: R_G in G's update only (``--struct-on g``).
+  to cat_acc comes from; ``independent-g``: R_G in G's update only (``--struct-on g``);
+  ``independent-l0.03``: lambda_struct 0.03; ``independent-likelihood``: the ``likelihood`` form.
 
 Every run is its own ``structsearch train`` process, all at once (these nets leave a GPU mostly
 idle); each stops training after ``--max-minutes`` if not done (then it is scored as usual and
@@ -42,6 +43,9 @@ MODELS = {
     "entangled-child": ["--codes", "infogan-mnist", "--graph", "entangled", "--struct-grad", "child"],
     # the next suspect: R_G in D/Q's update, which reaches D's trunk through the shared Q head
     "independent-g": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-on", "g"],
+    # does the cost scale with lambda, and does a form without saturated fits pay it?
+    "independent-l0.03": ["--codes", "infogan-mnist", "--graph", "independent", "--lambda-struct", "0.03"],
+    "independent-likelihood": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-form", "likelihood"],
 }
 
 
