@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan.latents import LatentSpec
-from gan.models import conv_trunk, init_weights, spectral_normalize
+from gan.models import adam, conv_trunk, init_weights, spectral_normalize
 from gan.onednn import Linear
 from gan.pairs import intervention_mask
 
@@ -98,8 +98,7 @@ class ContrastiveRegularizer:
         self.head = ContrastiveHead(len(spec.codes), image_shape, cfg.width).to(device)
         init_weights(self.head)
         spectral_normalize(self.head, skip=(self.head.out,))
-        fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
-        self.opt = torch.optim.Adam(self.head.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.999), **fused)
+        self.opt = adam(self.head.parameters(), cfg.lr_d, cfg.beta1, device)
         self.rng = torch.Generator(device).manual_seed(cfg.seed + 4)
         self._pair: tuple[Tensor, Tensor, Tensor] | None = None  # x, x', shared
         self._latents: tuple[Tensor, Tensor, Tensor, Tensor] | None = None

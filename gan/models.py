@@ -219,3 +219,10 @@ def build_models(
 def param_count(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def adam(params, lr: float, beta1: float, device: torch.device) -> torch.optim.Adam:
+    """Adam with InfoGAN's beta2, fused (one kernel over all parameters) on CPU and CUDA: the
+    default per-tensor loop makes several passes over each of the 13.3M parameters of a step."""
+    fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
+    return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), **fused)

@@ -48,7 +48,7 @@ import torch
 from gan.cr import CR_KEYS, ContrastiveRegularizer
 from gan.latents import LatentSpec
 from gan.losses import anchor_loss, d_loss, g_loss, info_loss
-from gan.models import DNorm, build_models
+from gan.models import DNorm, adam, build_models
 from gan.pairs import PAIR_KEYS, PairGAN, SampleRealPairs, sample_pair_latents
 from gan.prior import CodePrior
 from gan.structure import Correction, Form, Grad, StructuralLoss
@@ -171,13 +171,6 @@ def memory_format(device: torch.device) -> torch.memory_format:
     (docs/results/speed/README.md), torch's default elsewhere (not measured there). Activations follow
     the weights, so inputs need no conversion; the values change only by float rounding."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
-
-
-def adam(params, lr: float, beta1: float, device: torch.device) -> torch.optim.Adam:
-    """Adam with InfoGAN's beta2, fused (one kernel over all parameters) on CPU and CUDA: the
-    default per-tensor loop makes several passes over each of the 13.3M parameters of a step."""
-    fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
-    return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), **fused)
 
 
 @dataclass(frozen=True)
