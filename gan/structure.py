@@ -373,21 +373,10 @@ class StackedStructuralLoss:
 
     def __init__(self, losses: Sequence[StructuralLoss]) -> None:
         first = losses[0]
-        for loss in losses[1:]:
-            same = (loss.spec, loss.floor, loss.ridge, loss.alpha, loss.edge_cap, loss.correct, loss.parent_grad)
-            if same != (
-                first.spec,
-                first.floor,
-                first.ridge,
-                first.alpha,
-                first.edge_cap,
-                first.correct,
-                first.parent_grad,
-            ):
-                raise ValueError(
-                    "stacked structural losses must share the latent spec, floor, ridge, alpha, edge cap, correction "
-                    "and grad"
-                )
+        if any(_shared_options(loss) != _shared_options(first) for loss in losses[1:]):
+            raise ValueError(
+                "stacked structural losses must share the latent spec, floor, ridge, alpha, edge cap, correction and grad"
+            )
         self.losses, self.spec = list(losses), first.spec
         self.floor, self.ridge, self.alpha, self.edge_cap, self.correct = (
             first.floor,
@@ -549,6 +538,11 @@ class StackedStructuralLoss:
             shifts = [[math.exp(log_variance_shift(n, p)) for p in row] for row in self._n_coefficients]
             self._shifts[n, device] = torch.tensor(shifts, dtype=torch.float32, device=device)
         return self._shifts[n, device]
+
+
+def _shared_options(loss: StructuralLoss) -> tuple:
+    """What the graphs of one :class:`StackedStructuralLoss` must have in common."""
+    return (loss.spec, loss.floor, loss.ridge, loss.alpha, loss.edge_cap, loss.correct, loss.parent_grad)
 
 
 def structural_loss(
