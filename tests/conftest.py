@@ -103,3 +103,9 @@ def postgres():
         if server.data.exists() and (server.data / "postmaster.pid").exists():
             server.stop()
         shutil.rmtree(server.root, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The README walk (tests/test_readme.py) is the longest file by minutes: scheduled first, its
+    worker runs it while the others share the rest, instead of starting it last and waiting on it."""
+    items.sort(key=lambda item: item.path.name != "test_readme.py")  # stable: the rest keep their order
