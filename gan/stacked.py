@@ -198,7 +198,7 @@ class StackedTrainer:
         fake_logit, q_out = self._d(fake.detach())
         info, struct = self._code_terms(c, q_out)
         adversarial = torch.vmap(partial(d_loss, kind=cfg.gan_loss))(real_logit, fake_logit)
-        loss_d = adversarial + cfg.lambda_info * info + (cfg.lambda_struct if cfg.struct_on == "both" else 0.0) * struct
+        loss_d = adversarial + cfg.lambda_info * info + cfg.lambda_struct_d * struct
         anchor = torch.zeros(len(self), device=self.device)
         if self.trainers[0].anchors is not None:
             anchor = self._anchor_term()

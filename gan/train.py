@@ -148,6 +148,11 @@ class TrainConfig:
     log_every: int = doc_field("steps between logged losses (and host syncs)", 50)
     checkpoint_every: int = doc_field("steps between checkpoints (0: only at the end)", 500)
 
+    @property
+    def lambda_struct_d(self) -> float:
+        """R_G's weight in D/Q's loss: lambda_struct, or 0 with ``struct_on = "g"``."""
+        return self.lambda_struct if self.struct_on == "both" else 0.0
+
     def __post_init__(self) -> None:
         check_choices(self)
         if self.lambda_cr < 0 or (self.lambda_cr > 0 and self.code_prior != "independent"):
@@ -275,7 +280,6 @@ class Trainer:
         self.loss_keys = (
             LOSS_KEYS + (PAIR_KEYS if self.pairs is not None else ()) + (CR_KEYS if self.cr is not None else ())
         )
-        self.struct_d = cfg.lambda_struct if cfg.struct_on == "both" else 0.0  # R_G's weight in D/Q's loss
         self.step = 0
 
     # ---- one step ------------------------------------------------------------------------------
@@ -318,7 +322,9 @@ class Trainer:
             real_logit, _ = self.D(real)
             fake_logit, q_out = self.D(fake.detach())
             info, struct = self._code_terms(c, q_out)
-            loss_d = d_loss(real_logit, fake_logit, cfg.gan_loss) + cfg.lambda_info * info + self.struct_d * struct
+            loss_d = (
+                d_loss(real_logit, fake_logit, cfg.gan_loss) + cfg.lambda_info * info + cfg.lambda_struct_d * struct
+            )
             if self.anchors is None:
                 anchor = torch.zeros((), device=self.device)
             else:
