@@ -14,7 +14,11 @@ Unif, Unif:
 * ``independent-child``, ``entangled-child``: the same with ``--struct-grad child`` (R_G's fits
   differentiated through their children only), issue 15's test of where the regularizer's cost
   to cat_acc comes from; ``independent-g``: R_G in G's update only (``--struct-on g``);
-  ``independent-l0.03``: lambda_struct 0.03; ``independent-likelihood``: the ``likelihood`` form.
+  ``independent-l0.03``: lambda_struct 0.03; ``independent-likelihood``: the ``likelihood`` form;
+  ``independent-from300``, ``independent-from500``: R_G on from step 300 or 500 (``--struct-start``;
+  until then the same seed's ``infogan`` run, step for step); ``digit-parent``: the independent graph
+  plus q1 -> q2 and q1 -> q3, so R_G no longer asks the continuous readings to be independent of the
+  digit's; ``independent-l0.01``: lambda_struct 0.01.
 
 Every run is its own ``structsearch train`` process, all at once (these nets leave a GPU mostly
 idle); each stops training after ``--max-minutes`` if not done (then it is scored as usual and
@@ -46,6 +50,14 @@ MODELS = {
     # does the cost scale with lambda, and does a form without saturated fits pay it?
     "independent-l0.03": ["--codes", "infogan-mnist", "--graph", "independent", "--lambda-struct", "0.03"],
     "independent-likelihood": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-form", "likelihood"],
+    # is the cost paid early, while Q's codes read nothing yet? R_G from step 300 or 500 on; before
+    # it each run is exactly the same seed's infogan run
+    "independent-from300": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-start", "300"],
+    "independent-from500": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-start", "500"],
+    # the independent graph plus q1 -> q2, q1 -> q3: R_G no longer asks the continuous codes' readings
+    # to be independent of the digit's (the demand the entangled graph drops for q3 only)
+    "digit-parent": ["--codes", "infogan-mnist", "--graph", "c1->q1, c2->q2, c3->q3, q1->q2, q1->q3"],
+    "independent-l0.01": ["--codes", "infogan-mnist", "--graph", "independent", "--lambda-struct", "0.01"],
 }
 
 

@@ -23,9 +23,9 @@ batch norm and with spectral norm on its layers (:func:`gan.models.build_models`
 
 The codes come from ``cfg.code_prior`` (:mod:`gan.prior`): independent, or a linear SCM over the
 graph's q->q edges. With lambda_struct = 0 the regularizer is not computed at all (plain
-InfoGAN). Losses stay on the device: the host syncs only every ``log_every`` steps, where a
-non-finite loss ends the run as ``diverged at step N`` (N is the first bad step, tracked on the
-device without a sync).
+InfoGAN), and before step ``struct_start`` it is neither computed nor added. Losses stay on the
+device: the host syncs only every ``log_every`` steps, where a non-finite loss ends the run as
+``diverged at step N`` (N is the first bad step, tracked on the device without a sync).
 """
 
 from __future__ import annotations
@@ -108,6 +108,9 @@ class TrainConfig:
         "which updates R_G enters: both (D/Q's and G's), or g (G's only: Q and D's shared trunk never see it)",
         "both",
     )
+    struct_start: int = doc_field(
+        "step from which R_G is on (0: from the first); before it the run is plain InfoGAN, step for step", 0
+    )
     struct_grad: Grad = doc_field(
         "R_G's gradient: all (through every fit's child and parents), or child (parents detached: R_G never "
         "makes a parent code less informative)",
@@ -160,8 +163,9 @@ class TrainConfig:
                 f"lambda_cr must be >= 0, and > 0 only with code_prior independent (a pair resamples the codes "
                 f"it does not share independently); got lambda_cr={self.lambda_cr:g}, code_prior={self.code_prior!r}"
             )
-        if self.cr_start < 0:
-            raise ValueError(f"cr_start must be a step >= 0, got {self.cr_start}")
+        for name in ("cr_start", "struct_start"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a step >= 0, got {getattr(self, name)}")
         if self.g_steps < 1:
             raise ValueError(f"g_steps must be >= 1, got {self.g_steps}")
         if self.lambda_pair < 0 or (self.lambda_pair > 0 and self.code_prior != "graph"):
@@ -302,7 +306,7 @@ class Trainer:
 
     def _code_terms(self, c: torch.Tensor, q_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         info = info_loss(self.spec, c, q_out)
-        if self.struct is None:
+        if self.struct is None or self.step < self.cfg.struct_start:
             return info, info.new_zeros(())
         with torch.autocast(self.device.type, enabled=False):  # the closed-form solve stays fp32
             return info, self.struct(c, q_out.float())

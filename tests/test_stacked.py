@@ -92,9 +92,9 @@ def _steps(trainers: list[Trainer], stacked: StackedTrainer, n: int, relative: b
             )
 
 
-@pytest.mark.parametrize("code_prior", ["independent", "graph"])
-def test_stacked_losses_and_state_equal_separate_trainers(code_prior: str) -> None:
-    cfg = dataclasses.replace(TINY, code_prior=code_prior)
+@pytest.mark.parametrize("change", [{"code_prior": "independent"}, {"code_prior": "graph"}, {"struct_start": 3}])
+def test_stacked_losses_and_state_equal_separate_trainers(change: dict) -> None:
+    cfg = dataclasses.replace(TINY, **change)
     separate = _trainers(cfg)
     stacked = StackedTrainer(_trainers(cfg))
     _steps(separate, stacked, 5)

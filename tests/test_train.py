@@ -80,6 +80,23 @@ def test_lambda_struct_zero_does_not_compute_the_regularizer() -> None:
     assert trainer.train_step()["loss/struct"].item() == 0.0
 
 
+def test_before_struct_start_a_run_is_plain_infogan_step_for_step_and_then_r_g_is_on() -> None:
+    plain, late = (
+        _trainer(dataclasses.replace(TINY, lambda_struct=0.0)),
+        _trainer(dataclasses.replace(TINY, struct_start=3)),
+    )
+    before = [[t.train_step()["loss/struct"].item() for _ in range(3)] for t in (plain, late)]
+    assert before == [[0.0] * 3] * 2
+    for a, b in ((plain.G, late.G), (plain.D, late.D)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert late.train_step()["loss/struct"].item() != 0.0  # step 3: on
+    plain.train_step()
+    assert not all(torch.equal(a, b) for a, b in zip(plain.G.parameters(), late.G.parameters()))
+    with pytest.raises(ValueError, match="struct_start must be a step >= 0, got -2"):
+        dataclasses.replace(TINY, struct_start=-2)
+
+
 def test_resumed_run_ends_identical_to_an_uninterrupted_one(tmp_path) -> None:
     full = _trainer()
     full.run()
