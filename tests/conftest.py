@@ -107,5 +107,22 @@ def postgres():
 
 def pytest_collection_modifyitems(config, items) -> None:
     """The README walk (tests/test_readme.py) is the longest file by minutes: scheduled first, its
-    worker runs it while the others share the rest, instead of starting it last and waiting on it."""
+    workers run it while the others share the rest, instead of starting it last and waiting on it."""
     items.sort(key=lambda item: item.path.name != "test_readme.py")  # stable: the rest keep their order
+
+
+README_WALK = "tests/test_readme.py::test_the_readme_section_runs_on_a_fresh_folder["
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` (pyproject's addopts), but each README section's walk is a work unit of its
+    own, so that the sections, minutes each, spread over the workers (pytest-xdist's hook)."""
+    if config.getoption("dist") != "loadfile":
+        return None  # another --dist asked for: xdist's own scheduler
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesAndReadmeSections(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid if nodeid.startswith(README_WALK) else super()._split_scope(nodeid)
+
+    return FilesAndReadmeSections(config, log)

@@ -1,5 +1,6 @@
-"""The README, walked as a new user would: every command in its shell blocks, top to bottom, in one
-fresh folder (with a fresh home, so no cache of this machine helps), each expected to exit 0.
+"""The README, walked as a new user would: every command in its shell blocks, top to bottom, each
+section in a fresh folder (with a fresh home, so no cache of this machine helps), each expected to
+exit 0.
 
 The commands run as shown but for the small rewrite below, which only makes them short:
 
@@ -116,6 +117,18 @@ def _fresh_env(tmp_path: Path) -> dict[str, str]:
     return env | {"HOME": str(home), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
+def sections(text: str) -> dict[str, str]:
+    """The README's sections (under a ``##`` or ``###`` heading) that show a command to run here:
+    heading -> text. Each is self-contained (no section uses another's files), so each is walked in
+    a fresh folder of its own, and the sections run side by side (tests/conftest.py)."""
+    parts = re.split(r"(?m)^(?=#{2,3} )", text)
+    return {
+        part.splitlines()[0].lstrip("#").strip(): part
+        for part in parts
+        if any(not skip_reason(c) for c in shell_commands(part))
+    }
+
+
 def test_the_readme_shows_the_commands_this_test_knows() -> None:
     """The walk is only as good as its parsing: the commands it finds, and a skip table that matches."""
     commands = shell_commands(README.read_text())
@@ -125,12 +138,18 @@ def test_the_readme_shows_the_commands_this_test_knows() -> None:
     unused = [start for start in SKIP if not any(c == start or c.startswith(start + " ") for c in commands)]
     assert not unused, f"SKIP entries that match no README command (update the table): {unused}"
     assert all(c.startswith(("structsearch ", "pip ", "pytest")) for c in commands), commands
+    walked = [c for part in sections(README.read_text()).values() for c in shell_commands(part)]
+    runnable = [c for c in commands if not skip_reason(c)]
+    assert [c for c in walked if not skip_reason(c)] == runnable  # the sections cut no block, drop nothing
+    assert len(runnable) >= 10
 
 
 @pytest.mark.slow
-def test_every_readme_command_runs_on_a_fresh_folder(tmp_path) -> None:
+@pytest.mark.parametrize("heading", list(sections(README.read_text())))
+def test_the_readme_section_runs_on_a_fresh_folder(heading: str, tmp_path) -> None:
+    """Every command of one README section, top to bottom, in one fresh folder, each exiting 0."""
     env, ran, skipped = _fresh_env(tmp_path), [], []
-    for command in shell_commands(README.read_text()):
+    for command in shell_commands(sections(README.read_text())[heading]):
         reason = skip_reason(command)
         if reason:
             skipped.append(f"{command}  ({reason})")
@@ -139,7 +158,7 @@ def test_every_readme_command_runs_on_a_fresh_folder(tmp_path) -> None:
         assert proc.returncode == 0, f"README command failed ({proc.returncode}): {command}\n{proc.stderr[-3000:]}"
         ran.append(command)
     print("ran:", *ran, "skipped:", *skipped, sep="\n  ")
-    assert len(ran) >= 10
+    assert ran
 
 
 def test_the_readme_graph_example_prints_what_it_shows(tmp_path) -> None:
