@@ -109,15 +109,28 @@ def summarize(args: argparse.Namespace) -> None:
             rows.append({"model": model, "seed": seed, "step": summary["step"], **summary["scores"]})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rows.json").write_text(json.dumps(rows, indent=1))
-    lines = ["| model | seeds | steps done | cat_acc median | min | max |", "|---|---|---|---|---|---|"]
+    acc = {(r["model"], r["seed"]): r["cat_acc"] for r in rows if "cat_acc" in r}
+    lines = [
+        "| model | seeds | steps done | cat_acc median | min | max | minus infogan, same seed: median [min, max] | seeds below |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for model in args.models:
-        accs = [r["cat_acc"] for r in rows if r["model"] == model and "cat_acc" in r]
+        accs = [acc[model, seed] for seed in args.seeds if (model, seed) in acc]
         steps = sorted({r["step"] for r in rows if r["model"] == model})
-        if accs:
-            lines.append(
-                f"| {model} | {len(accs)} | {', '.join(map(str, steps))} | {statistics.median(accs):.3f} "
-                f"| {min(accs):.3f} | {max(accs):.3f} |"
-            )
+        if not accs:
+            continue
+        # a seed's runs share their weights' init and data order (and a --struct-start run is that
+        # seed's infogan run until it starts), so the same-seed difference is the paired comparison
+        diffs = [acc[model, s] - acc["infogan", s] for s in args.seeds if (model, s) in acc and ("infogan", s) in acc]
+        paired = (
+            f"{statistics.median(diffs):+.3f} [{min(diffs):+.3f}, {max(diffs):+.3f}] | {sum(d < 0 for d in diffs)} of {len(diffs)}"
+            if diffs and model != "infogan"
+            else "| "
+        )
+        lines.append(
+            f"| {model} | {len(accs)} | {', '.join(map(str, steps))} | {statistics.median(accs):.3f} "
+            f"| {min(accs):.3f} | {max(accs):.3f} | {paired} |"
+        )
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
