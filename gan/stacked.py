@@ -170,7 +170,7 @@ class StackedTrainer:
     def _code_terms(self, c: Tensor, q_out: Tensor) -> tuple[Tensor, Tensor]:
         """InfoGAN's term (K,) vmapped, R_G (K,) of every model on its own graph, batched."""
         info = torch.vmap(partial(info_loss, self.spec))(c, q_out)
-        if self.struct is None or self.step < self.cfg.struct_start:
+        if not self.cfg.struct_active(self.step):
             return info, info.new_zeros(len(self))
         return info, self.struct(c, q_out)
 

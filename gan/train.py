@@ -151,6 +151,10 @@ class TrainConfig:
     log_every: int = doc_field("steps between logged losses (and host syncs)", 50)
     checkpoint_every: int = doc_field("steps between checkpoints (0: only at the end)", 500)
 
+    def struct_active(self, step: int) -> bool:
+        """Whether R_G is computed and added at ``step`` (lambda_struct > 0, from ``struct_start`` on)."""
+        return self.lambda_struct > 0 and step >= self.struct_start
+
     @property
     def lambda_struct_d(self) -> float:
         """R_G's weight in D/Q's loss: lambda_struct, or 0 with ``struct_on = "g"``."""
@@ -306,7 +310,7 @@ class Trainer:
 
     def _code_terms(self, c: torch.Tensor, q_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         info = info_loss(self.spec, c, q_out)
-        if self.struct is None or self.step < self.cfg.struct_start:
+        if not self.cfg.struct_active(self.step):
             return info, info.new_zeros(())
         with torch.autocast(self.device.type, enabled=False):  # the closed-form solve stays fp32
             return info, self.struct(c, q_out.float())
