@@ -17,8 +17,10 @@ the same net width:
   authors' step 288,000 of 322,560 (``--cr-start-fraction``, default 0.893; a run cut short by
   ``--max-minutes`` before that step computed exactly the ``preset`` run (nothing of the term runs
   before its start), hence the GPU script's 0: the term on from the first step);
-* ``preset-structured`` (not run by default): the preset with our regularizer at its default
-  lambda_struct, for the claim to test on a GPU (at least FactorVAE 0.82 and MIG 0.22).
+* ``preset-structured`` (not run by default): the preset with our regularizer at
+  ``--lambda-struct`` (default: TrainConfig's, 0.1), for the claim to test on a GPU (at least
+  FactorVAE 0.82 and MIG 0.22). At 0.1 (twice this preset's lambda_info) it erased Q's reading of
+  the generated codes at CPU scale (docs/results/dsprites-preset/README.md).
 
 Each run is scored with MIG, DCI and the FactorVAE score at ``--scale`` times disentanglement_lib's
 sample counts (structsearch.metrics, as ``evaluate`` computes them), plus our own scores. One JSON
@@ -71,7 +73,7 @@ def recipe_config(recipe: str, args: argparse.Namespace, seed: int) -> RunConfig
         preset = apply_preset(TrainConfig(), "infogan-cr-dsprites")
         train = dataclasses.replace(
             preset,
-            lambda_struct=TrainConfig().lambda_struct if recipe == "preset-structured" else 0.0,
+            lambda_struct=args.lambda_struct if recipe == "preset-structured" else 0.0,
             lambda_cr=preset.lambda_cr if recipe == "preset-cr" else 0.0,
             cr_start=round(args.cr_start_fraction * args.steps),
             **common,
@@ -81,9 +83,12 @@ def recipe_config(recipe: str, args: argparse.Namespace, seed: int) -> RunConfig
 
 
 def run_key(recipe: str, seed: int, args: argparse.Namespace) -> str:
-    """The row's identity; preset-cr's names its CR start, so a run with another schedule is another row."""
-    cr = f"|cr_from={args.cr_start_fraction:.3f}" if recipe == "preset-cr" else ""
-    return f"recipe={recipe}|seed={seed}|steps={args.steps}|width={args.width}|scale={args.scale}{cr}"
+    """The row's identity; preset-cr's names its CR start and preset-structured its lambda_struct, so a
+    run with another schedule or weight is another row."""
+    extra = {"preset-cr": f"|cr_from={args.cr_start_fraction:.3f}", "preset-structured": f"|ls={args.lambda_struct:g}"}
+    return (
+        f"recipe={recipe}|seed={seed}|steps={args.steps}|width={args.width}|scale={args.scale}{extra.get(recipe, '')}"
+    )
 
 
 def run_one(recipe: str, seed: int, args: argparse.Namespace, dataset) -> dict:
@@ -236,6 +241,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--scale", type=float, default=0.2, help="fraction of disentanglement_lib's sample counts")
     parser.add_argument("--cr-start-fraction", type=float, default=AUTHORS_CR_FRACTION)
+    parser.add_argument(
+        "--lambda-struct", type=float, default=TrainConfig().lambda_struct, help="preset-structured's lambda_struct"
+    )
     parser.add_argument("--max-minutes", type=float, help="each run's training stops after this much wall time")
     parser.add_argument("--resume", action="store_true", help="continue stopped or killed runs from their checkpoints")
     parser.add_argument("--run-root", default="runs/dsprites-preset")
@@ -249,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown recipe(s) {unknown}: choose from {', '.join(RECIPES)}")
     if not 0 <= args.cr_start_fraction <= 1:
         parser.error(f"--cr-start-fraction must be in [0, 1], got {args.cr_start_fraction}")
+    if args.lambda_struct < 0:
+        parser.error(f"--lambda-struct must be >= 0, got {args.lambda_struct}")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
