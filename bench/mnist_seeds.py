@@ -2,6 +2,7 @@
 
     python bench/mnist_seeds.py [--steps 5000] [--device cuda] [--seeds 0 1 2] [--max-minutes 6]
                                 [--out docs/results/mnist-seeds] [--runs runs/mnist-seeds] [--summarize]
+                                [--complete-only]
 
 Models, all on InfoGAN's net (``--preset paper``: batch 128, full width) with the codes Cat(10),
 Unif, Unif:
@@ -106,6 +107,8 @@ def summarize(args: argparse.Namespace) -> None:
                 summary = json.loads((path / "scores.json").read_text())
             except (OSError, ValueError):
                 continue
+            if args.complete_only and summary["step"] < args.steps:
+                continue  # e.g. a 1,000-step run copied in to be continued to --steps
             rows.append({"model": model, "seed": seed, "step": summary["step"], **summary["scores"]})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rows.json").write_text(json.dumps(rows, indent=1))
@@ -147,6 +150,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/results/mnist-seeds"))
     parser.add_argument("--runs", type=Path, default=Path("runs/mnist-seeds"))
     parser.add_argument("--summarize", action="store_true", help="only write the table of finished runs")
+    parser.add_argument(
+        "--complete-only", action="store_true", help="leave out runs scored before --steps (stopped, or still going)"
+    )
     args = parser.parse_args()
     if not args.summarize:
         launch(args)
