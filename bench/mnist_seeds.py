@@ -23,7 +23,8 @@ Unif, Unif:
 
 Every run is its own ``structsearch train`` process, all at once (these nets leave a GPU mostly
 idle); each stops training after ``--max-minutes`` if not done (then it is scored as usual and
-its step count is reported), and a rerun resumes each from its checkpoint. A CPU rehearsal:
+its step count is reported), and a rerun resumes each from its checkpoint and leaves runs already
+scored at ``--steps`` alone. A CPU rehearsal:
 ``--device cpu --steps 20 --seeds 0``; on a CPU, ``--jobs`` = its cores runs them a few at a time. The table goes to OUT/summary.md and OUT/rows.json.
 """
 
@@ -66,12 +67,23 @@ def run_dir(runs: Path, model: str, seed: int) -> Path:
     return runs / f"{model}-seed{seed}"
 
 
+def scored_at(runs: Path, model: str, seed: int, steps: int) -> bool:
+    """Whether the run's scores.json is of step ``steps`` or later (a rerun leaves such a run alone)."""
+    try:
+        return json.loads((run_dir(runs, model, seed) / "scores.json").read_text())["step"] >= steps
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def launch(args: argparse.Namespace) -> None:
     """Run every (model, seed) as its own process, at most ``args.jobs`` at once (all when None)."""
     logs = args.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     args.runs.mkdir(parents=True, exist_ok=True)
-    queue = [(model, seed) for seed in args.seeds for model in args.models]  # seed-major: a cut run keeps whole seeds
+    queue = [
+        (m, s) for s in args.seeds for m in args.models if not scored_at(args.runs, m, s, args.steps)
+    ]  # seed-major
+    print(f"{len(queue)} runs to do (runs scored at step {args.steps} are kept)", flush=True)
     running: list[tuple[str, int, subprocess.Popen]] = []
     while queue or running:
         while queue and len(running) < (args.jobs or len(queue) + len(running)):
@@ -103,12 +115,12 @@ def summarize(args: argparse.Namespace) -> None:
     for model in args.models:
         for seed in args.seeds:
             path = run_dir(args.runs, model, seed)
+            if args.complete_only and not scored_at(args.runs, model, seed, args.steps):
+                continue  # stopped early, still going, or a shorter run copied in to be continued
             try:
                 summary = json.loads((path / "scores.json").read_text())
             except (OSError, ValueError):
                 continue
-            if args.complete_only and summary["step"] < args.steps:
-                continue  # e.g. a 1,000-step run copied in to be continued to --steps
             rows.append({"model": model, "seed": seed, "step": summary["step"], **summary["scores"]})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rows.json").write_text(json.dumps(rows, indent=1))
