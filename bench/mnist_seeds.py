@@ -80,9 +80,8 @@ def launch(args: argparse.Namespace) -> None:
     logs = args.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     args.runs.mkdir(parents=True, exist_ok=True)
-    queue = [
-        (m, s) for s in args.seeds for m in args.models if not scored_at(args.runs, m, s, args.steps)
-    ]  # seed-major
+    # seed-major, so a cut grid keeps whole seeds; runs already scored at --steps are done
+    queue = [(m, s) for s in args.seeds for m in args.models if not scored_at(args.runs, m, s, args.steps)]
     print(f"{len(queue)} runs to do (runs scored at step {args.steps} are kept)", flush=True)
     running: list[tuple[str, int, subprocess.Popen]] = []
     while queue or running:
