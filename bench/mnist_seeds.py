@@ -114,12 +114,12 @@ def summarize(args: argparse.Namespace) -> None:
     for model in args.models:
         for seed in args.seeds:
             path = run_dir(args.runs, model, seed)
-            if args.complete_only and not scored_at(args.runs, model, seed, args.steps):
-                continue  # stopped early, still going, or a shorter run copied in to be continued
             try:
                 summary = json.loads((path / "scores.json").read_text())
             except (OSError, ValueError):
                 continue
+            if args.complete_only and summary["step"] < args.steps:
+                continue  # stopped early, still going, or a shorter run copied in to be continued
             rows.append({"model": model, "seed": seed, "step": summary["step"], **summary["scores"]})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rows.json").write_text(json.dumps(rows, indent=1))
