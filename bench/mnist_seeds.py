@@ -15,6 +15,7 @@ Unif, Unif:
 * ``independent-child``, ``entangled-child``: the same with ``--struct-grad child`` (R_G's fits
   differentiated through their children only), issue 15's test of where the regularizer's cost
   to cat_acc comes from; ``independent-g``: R_G in G's update only (``--struct-on g``);
+  ``independent-q``: R_G in D/Q's update only (``--struct-on q``);
   ``independent-l0.03``: lambda_struct 0.03; ``independent-likelihood``: the ``likelihood`` form;
   ``independent-from300``, ``independent-from500``: R_G on from step 300 or 500 (``--struct-start``;
   until then the same seed's ``infogan`` run, step for step); ``digit-parent``: the independent graph
@@ -60,6 +61,8 @@ MODELS = {
     # to be independent of the digit's (the demand the entangled graph drops for q3 only)
     "digit-parent": ["--codes", "infogan-mnist", "--graph", "c1->q1, c2->q2, c3->q3, q1->q2, q1->q3"],
     "independent-l0.01": ["--codes", "infogan-mnist", "--graph", "independent", "--lambda-struct", "0.01"],
+    # the mirror of independent-g: R_G in D/Q's update only, so it can change how Q reads but not what G draws
+    "independent-q": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-on", "q"],
 }
 
 

@@ -210,7 +210,7 @@ class StackedTrainer:
         fake_logit, q_out = self._d(fake)
         info, struct = self._code_terms(c, q_out)
         adversarial = torch.vmap(partial(g_loss, kind=cfg.gan_loss))(fake_logit)
-        loss_g = adversarial + cfg.lambda_info * info + cfg.lambda_struct * struct
+        loss_g = adversarial + cfg.lambda_info * info + cfg.lambda_struct_g * struct
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.sum().backward()
         self.opt_g.step()

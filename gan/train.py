@@ -5,7 +5,7 @@ One step, as in InfoGAN (openai/InfoGAN: the Q head and D share the trunk and on
 1. D and Q: adversarial loss on a real and a generated batch
    + lambda_info * L_info + lambda_struct * R_G on the (detached) generated batch (not with struct_on = "g")
    [+ lambda_anchor * L_anchor on a batch of anchored real images, when the run has anchors];
-2. G: non-saturating adversarial loss + lambda_info * L_info + lambda_struct * R_G.
+2. G: non-saturating adversarial loss + lambda_info * L_info + lambda_struct * R_G (not with struct_on = "q").
 
 Anchors (ss-InfoGAN, Spurr et al. 2017; docs/design.md section 8) are training images whose codes
 are known: Q is told their values (:func:`gan.losses.anchor_loss`), which pins every run's codes to
@@ -64,7 +64,7 @@ def doc_field(text: str, default, **kw):
 
 
 CodePriorKind = Literal["independent", "graph"]
-StructOn = Literal["both", "g"]
+StructOn = Literal["both", "g", "q"]
 GanLoss = Literal["bce", "lsgan"]
 Precision = Literal["fp32", "bf16"]
 
@@ -105,7 +105,8 @@ class TrainConfig:
         "unbiased",
     )
     struct_on: StructOn = doc_field(
-        "which updates R_G enters: both (D/Q's and G's), or g (G's only: Q and D's shared trunk never see it)",
+        "which updates R_G enters: both (D/Q's and G's), g (G's only: Q and D's shared trunk never see it), "
+        "or q (D/Q's only: G never sees it, so R_G can change how Q reads the codes but not what G draws)",
         "both",
     )
     struct_start: int = doc_field(
@@ -158,7 +159,12 @@ class TrainConfig:
     @property
     def lambda_struct_d(self) -> float:
         """R_G's weight in D/Q's loss: lambda_struct, or 0 with ``struct_on = "g"``."""
-        return self.lambda_struct if self.struct_on == "both" else 0.0
+        return 0.0 if self.struct_on == "g" else self.lambda_struct
+
+    @property
+    def lambda_struct_g(self) -> float:
+        """R_G's weight in G's loss: lambda_struct, or 0 with ``struct_on = "q"``."""
+        return 0.0 if self.struct_on == "q" else self.lambda_struct
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -353,7 +359,7 @@ class Trainer:
                     fake = self.G(z, c)
                 fake_logit, q_out = self.D(fake)
                 info, struct = self._code_terms(c, q_out)
-                loss_g = g_loss(fake_logit, cfg.gan_loss) + cfg.lambda_info * info + cfg.lambda_struct * struct
+                loss_g = g_loss(fake_logit, cfg.gan_loss) + cfg.lambda_info * info + cfg.lambda_struct_g * struct
                 if self.pairs is not None and not g_step:
                     pair_g = self.pairs.g_term()
                     loss_g = loss_g + cfg.lambda_pair * pair_g

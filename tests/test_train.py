@@ -70,8 +70,26 @@ def test_struct_on_g_leaves_the_d_q_update_plain_infogans_and_still_moves_g() ->
     for a, b in zip(plain.D.parameters(), g_only.D.parameters()):
         assert torch.equal(a, b)
     assert not all(torch.equal(a, b) for a, b in zip(plain.G.parameters(), g_only.G.parameters()))
-    with pytest.raises(ValueError, match="struct_on must be one of both, g; got 'd'"):
+    with pytest.raises(ValueError, match="struct_on must be one of both, g, q; got 'd'"):
         dataclasses.replace(TINY, struct_on="d")
+
+
+def test_struct_on_q_gives_d_q_the_full_step_and_g_plain_infogans_loss() -> None:
+    """With R_G in D/Q's update only, D and Q take the same step as with R_G in both updates, and G's
+    step then differs from that run's by R_G's gradient alone (same streams, same D)."""
+    plain, both, q_only = (
+        _trainer(dataclasses.replace(TINY, lambda_struct=0.0)),
+        _trainer(TINY),
+        _trainer(dataclasses.replace(TINY, struct_on="q")),
+    )
+    losses = [trainer.train_step() for trainer in (plain, both, q_only)]
+    assert losses[2]["loss/struct"].item() != 0.0  # still computed and logged
+    assert all(torch.equal(a, b) for a, b in zip(both.D.parameters(), q_only.D.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(plain.D.parameters(), q_only.D.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(both.G.parameters(), q_only.G.parameters()))
+    # G's loss is InfoGAN's: the logged G loss of `both` exceeds q_only's by exactly lambda_struct * R_G
+    gap = losses[1]["loss/g"] - losses[2]["loss/g"]
+    assert torch.allclose(gap, TINY.lambda_struct * losses[1]["loss/struct"], atol=1e-6)
 
 
 def test_lambda_struct_zero_does_not_compute_the_regularizer() -> None:
