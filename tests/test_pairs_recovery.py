@@ -39,6 +39,15 @@ def test_shapes_split_the_25_dags_by_relabelling(bench) -> None:
     assert bench.chance(GRAPHS["fork"]) == (1 / 25, 3 / 25, 3 / 25)
 
 
+def test_shape_candidates_are_one_dag_per_shape(bench) -> None:
+    shapes = bench.candidates("shapes")
+    assert len(shapes) == 6 and {bench.shape(e) for e in shapes} == {bench.shape(e) for e in dag.all_dags(NODES)}
+    assert COLLIDER not in shapes and (("q1", "q2"), ("q3", "q2")) in shapes  # the collider's is at q2
+    # chance over the candidates run: the truth's shape is 1 of 6; the true collider DAG is not among them
+    assert bench.chance(COLLIDER, shapes) == (0.0, 0.0, 1 / 6)
+    assert bench.chance(GRAPHS["chain"], shapes) == (1 / 6, 1 / 6, 1 / 6)
+
+
 def _rows(best: tuple, matched: tuple | None = None) -> list[dict]:
     """25 completed rows of one (truth, seed): ``best`` has the lowest pair score and the highest struct_bic."""
     rows = []
@@ -87,6 +96,13 @@ def test_summary_counts_seeds(bench) -> None:
     line = next(x for x in summary.splitlines() if x.startswith("| collider | pair_feature_energy |"))
     assert "| 2 | 1/2 (chance 0.04) | 1/2 (0.04) | 1/2 (0.12) | 0/2 |" in line
     assert "| 1/25, " in line and "| q1->q3, q2->q3; (no edges) |" in line
+
+
+def test_summary_gives_chance_over_the_candidates_run(bench) -> None:
+    shapes = {bench_text(e) for e in bench.candidates("shapes")}
+    rows = [r for r in _rows(()) if r["graph"] in shapes]  # the 6-shape grid, the empty graph first
+    line = next(x for x in bench.summarize(rows).splitlines() if x.startswith("| collider | pair_feature_energy |"))
+    assert "| 1 | 0/1 (chance 0.00) | 0/1 (0.00) | 0/1 (0.17) | 0/1 | -/6 |" in line
 
 
 def test_bad_candidates_are_refused(bench) -> None:
