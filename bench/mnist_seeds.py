@@ -61,7 +61,7 @@ MODELS = {
     # to be independent of the digit's (the demand the entangled graph drops for q3 only)
     "digit-parent": ["--codes", "infogan-mnist", "--graph", "c1->q1, c2->q2, c3->q3, q1->q2, q1->q3"],
     "independent-l0.01": ["--codes", "infogan-mnist", "--graph", "independent", "--lambda-struct", "0.01"],
-    # the mirror of independent-g: R_G in D/Q's update only, so it can change how Q reads but not what G draws
+    # the mirror of independent-g: R_G in D/Q's update only (G's loss has no R_G term)
     "independent-q": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-on", "q"],
 }
 

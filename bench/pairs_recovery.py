@@ -325,7 +325,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--truths", default=",".join(TRUTHS), help="comma-separated truths (default: all three)")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds")
     parser.add_argument(
-        "--candidates", default="all", help="'all' (25 DAGs), 'shapes' (one DAG per unlabelled shape: 6) or DAGs separated by ';'"
+        "--candidates",
+        default="all",
+        help="'all' (25 DAGs), 'shapes' (one DAG per unlabelled shape: 6) or DAGs separated by ';'",
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n-eval", type=int, default=2000, help="held-out real images and pairs the scores read")

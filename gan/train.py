@@ -106,7 +106,7 @@ class TrainConfig:
     )
     struct_on: StructOn = doc_field(
         "which updates R_G enters: both (D/Q's and G's), g (G's only: Q and D's shared trunk never see it), "
-        "or q (D/Q's only: G never sees it, so R_G can change how Q reads the codes but not what G draws)",
+        "or q (D/Q's only: G's loss has no R_G term; G feels R_G only through the D and Q it plays against)",
         "both",
     )
     struct_start: int = doc_field(
