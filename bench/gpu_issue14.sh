@@ -23,7 +23,8 @@
 #
 # A second call (a fresh machine) resumes where the first stopped when OUT/results.jsonl is in the
 # working tree and runs/pairs-recovery (ignored by git: the device tool's `carry`) travels with it.
-# Environment: STEPS (default 1000), LAMBDA (1.0), PROCS (15), BUDGET_S (450 of the 480), PYTHON.
+# Environment: STEPS (default 1000), LAMBDA (1.0), PROCS (15), BUDGET_S (450 of the 480), PYTHON, and
+# CANDIDATES (all: the 25 DAGs; shapes: one DAG per unlabelled shape, 54 runs, so about 4x STEPS fits).
 # Results land in OUT (results.jsonl, summary.md, logs/). When $OUT names a folder (the device
 # tool's), they are also packed into $OUT/gpu-issue14.tar.gz with the console log as $OUT/console.log.
 set -uo pipefail
@@ -45,8 +46,9 @@ if ((dry)); then
     ckpt=$runs/bench
 else
     device=cuda steps=${STEPS:-1000} procs=${PROCS:-15} lambda=${LAMBDA:-1.0} speed_steps=200
-    grid=()
-    expected=225
+    candidates=${CANDIDATES:-all}  # shapes: one DAG per unlabelled shape, 54 runs (raise STEPS with it)
+    grid=(--candidates "$candidates")
+    [[ $candidates == shapes ]] && expected=54 || expected=225
     ckpt=runs/pairs-recovery  # in the repository: a second call resumes from here
 fi
 bench=("$py" bench/pairs_recovery.py --device "$device" --steps "$steps" --lambda-pair "$lambda")
