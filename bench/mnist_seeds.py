@@ -49,6 +49,8 @@ MODELS = {
     "independent-child": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-grad", "child"],
     "entangled-child": ["--codes", "infogan-mnist", "--graph", "entangled", "--struct-grad", "child"],
     # the next suspect: R_G in D/Q's update, which reaches D's trunk through the shared Q head
+    # R_G's families fitted on a running pool of batches, not each batch: no gradient from the fit's own noise
+    "independent-pooled": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-fit", "pooled"],
     "independent-g": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-on", "g"],
     # does the cost scale with lambda, and does a form without saturated fits pay it?
     "independent-l0.03": ["--codes", "infogan-mnist", "--graph", "independent", "--lambda-struct", "0.03"],

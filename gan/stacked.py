@@ -95,6 +95,11 @@ def check_config(cfg: TrainConfig) -> None:
             f"lambda_cr={cfg.lambda_cr:g}, g_steps={cfg.g_steps}: the contrastive head and a second G update are "
             "not stacked; use lambda_cr 0 and g_steps 1, or train these runs one at a time"
         )
+    if cfg.lambda_struct > 0 and cfg.struct_fit != "batch":
+        raise StackError(
+            f"struct_fit={cfg.struct_fit!r}: a pooled R_G's pool is not stacked; use struct_fit batch, "
+            "or train these runs one at a time"
+        )
     if cfg.precision != "fp32":
         raise StackError(
             f"precision={cfg.precision!r}: stacked training runs in fp32 only (torch 2.13's vmapped batch norm "

@@ -48,6 +48,20 @@ a child: a saturated fit can then no longer lower the deviance by making a paren
 categorical code's softmax, less informative about its children (issue 15's suspect for the
 regularizer's cost to ``cat_acc``). The values are the same either way.
 
+Fit (``fit``). ``batch`` (the default, the paper's) fits every family's parameters on the batch
+itself. Then the fit chases the batch's own noise, and R_G's gradient does too: with the graph
+exactly true, a saturated fit with p_full - p_pa extra coefficients still leaves each batch a
+nonzero gradient, of relative size about sqrt((p_full - p_pa) / N), that pushes the child away
+from whatever the extra columns happen to explain in that batch (on the MNIST spec, 21 extra
+columns at N = 128, against a true deviance of a few hundredths of a nat). ``pooled`` fits the
+parameters on a running pool of batches instead: the second moments S and the categorical soft
+counts are exponential moving averages over calls (``pool_decay`` per call, bias-corrected like
+Adam's moments, so the first call is the batch fit), folded in before the fit, so the batch's
+own weight in its fit is 1 - pool_decay. The batch's residuals under those parameters are then
+out of sample: when the batch obeys the graph the saturated and the graph's fits predict alike
+and the gradient is ~0, and no small-batch correction is applied (none is needed). The pool is
+state, saved with a run's checkpoint (:meth:`StructuralLoss.state_dict`).
+
 Small-batch correction (``correction="unbiased"``, the default; ``"none"`` keeps the in-sample
 values). Each nll above is an in-sample fit, biased downward by the fit's degrees of freedom, so
 the saturated model always wins a little: with the graph exactly true, the in-sample deviance is
@@ -109,6 +123,8 @@ Correction = Literal["unbiased", "none"]
 CORRECTIONS: tuple[str, ...] = typing.get_args(Correction)
 Grad = Literal["all", "child"]
 GRADS: tuple[str, ...] = typing.get_args(Grad)
+Fit = Literal["batch", "pooled"]
+FITS: tuple[str, ...] = typing.get_args(Fit)
 Edge = tuple[str, str]
 _HALF_LOG_2PI_E = 0.5 * math.log(2 * math.pi) + 0.5
 
@@ -186,7 +202,12 @@ def categorical_nll(
 
 
 def categorical_nlls(
-    child: torch.Tensor, weights: torch.Tensor, fits: torch.Tensor, alpha: float = 0.1, correct: bool = False
+    child: torch.Tensor,
+    weights: torch.Tensor,
+    fits: torch.Tensor,
+    alpha: float = 0.1,
+    correct: bool = False,
+    counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`categorical_nll` of one child under several parent sets at once, for K independent
     problems (K stacked models): child (K, N, k), weights (K, N, M), fits (K, M, F) -> (K, F).
@@ -195,11 +216,13 @@ def categorical_nlls(
     each configuration belongs to (0/1). Every configuration's CPT row depends on its own soft
     counts only, so one table serves all F fits, and each fit's nll (and jackknife bias) is the
     sum of its rows' terms. A configuration column of zero weight adds nothing, so problems of
-    different M are padded with zeros.
+    different M are padded with zeros. ``counts`` (K, M, k), if given, are the soft counts the CPT
+    is fitted on (a pooled fit's) instead of the batch's own.
     """
     n, k = child.shape[1:]
     with torch.no_grad():
-        counts = torch.bmm(weights.transpose(1, 2), child)  # (K, M, k)
+        if counts is None:
+            counts = torch.bmm(weights.transpose(1, 2), child)  # (K, M, k)
         theta = (counts + alpha) / (counts.sum(2, keepdim=True) + k * alpha)
         bias = (_jackknife_bias(child, weights, counts, alpha)[..., None] * fits).sum(1) if correct and n > 1 else 0.0
     rows = (weights * torch.bmm(child, theta.log().transpose(1, 2))).mean(1)  # (K, M)
@@ -257,6 +280,10 @@ class StructuralLoss:
         correction: ``unbiased`` (each nll estimates its population value, module docstring) or
             ``none`` (the in-sample values).
         grad: ``all`` or ``child`` (the parents of every fit detached; module docstring).
+        fit: ``batch`` (each call's parameters fitted on its batch) or ``pooled`` (on a running pool
+            of the calls' batches; module docstring). A pooled loss keeps state: every call folds
+            its batch into the pool.
+        pool_decay: the pool's decay per call, in (0, 1) (``pooled`` only).
     """
 
     def __init__(
@@ -270,6 +297,8 @@ class StructuralLoss:
         edge_cap: float = 1.0,
         correction: Correction = "unbiased",
         grad: Grad = "all",
+        fit: Fit = "batch",
+        pool_decay: float = 0.99,
     ) -> None:
         if form not in FORMS:
             raise ValueError(f"unknown structural form {form!r}; expected one of {', '.join(FORMS)}")
@@ -281,9 +310,15 @@ class StructuralLoss:
             raise ValueError(f"unknown struct correction {correction!r}; expected one of {', '.join(CORRECTIONS)}")
         if grad not in GRADS:
             raise ValueError(f"unknown struct grad {grad!r}; expected one of {', '.join(GRADS)}")
+        if fit not in FITS:
+            raise ValueError(f"unknown struct fit {fit!r}; expected one of {', '.join(FITS)}")
+        if not 0 < pool_decay < 1:
+            raise ValueError(f"struct pool decay must be in (0, 1), got {pool_decay}")
         self.parent_grad = grad == "all"
         self.spec, self.form, self.floor, self.ridge, self.alpha = spec, form, floor, ridge, alpha
-        self.edge_cap, self.correct = edge_cap, correction == "unbiased"
+        # a pooled fit is out of sample: it has no small-batch bias to correct
+        self.edge_cap, self.correct = edge_cap, correction == "unbiased" and fit == "batch"
+        self.fit, self.pool_decay = fit, pool_decay
         q_nodes = [f"q{i + 1}" for i in range(len(spec.codes))]
         pa = {q: tuple(parents.get(q, ())) for q in q_nodes}
         c_nodes = [f"c{i + 1}" for i in range(len(spec.codes))]
@@ -294,7 +329,9 @@ class StructuralLoss:
                 u for u in c_nodes + list(order[:position]) if not categorical or spec.code(u).kind == "categorical"
             )
             self.families.append(_Family(v, categorical, pa[v], full))
-        self._options = dict(floor=floor, ridge=ridge, alpha=alpha, edge_cap=edge_cap, correction=correction, grad=grad)
+        self._options = dict(
+            floor=floor, ridge=ridge, alpha=alpha, edge_cap=edge_cap, correction=correction, grad=grad, fit=fit
+        ) | ({"pool_decay": pool_decay} if fit == "pooled" else {})
         self._parents = pa
         self._plan()
         self._stacked = StackedStructuralLoss([self])
@@ -342,6 +379,13 @@ class StructuralLoss:
         """R_G per sample for codes c (B, code_dim) fed to G and Q's raw outputs q_out (B, code_dim)."""
         return self._stacked(c[None], q_out[None])[0]
 
+    def state_dict(self) -> dict:
+        """The pool of a ``pooled`` fit (empty for ``batch``): save it with the run's checkpoint."""
+        return self._stacked.state_dict()
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self._stacked.load_state_dict(state)
+
     def edge_information(self, c: torch.Tensor, q_out: torch.Tensor) -> dict[Edge, torch.Tensor]:
         """CMI(v; u | pa(v) minus u) in nats for every edge u -> v into a q node, uncapped."""
         if self.form != "perfect_map":  # only perfect_map plans the fits without one parent
@@ -375,7 +419,7 @@ class StackedStructuralLoss:
         first = losses[0]
         if any(_shared_options(loss) != _shared_options(first) for loss in losses[1:]):
             raise ValueError(
-                "stacked structural losses must share the latent spec, floor, ridge, alpha, edge cap, correction and grad"
+                "stacked structural losses must share the latent spec, floor, ridge, alpha, edge cap, correction, grad and fit"
             )
         self.losses, self.spec = list(losses), first.spec
         self.floor, self.ridge, self.alpha, self.edge_cap, self.correct = (
@@ -386,6 +430,9 @@ class StackedStructuralLoss:
             first.correct,
         )
         self.parent_grad = first.parent_grad
+        self.pooled, self.pool_decay = first.fit == "pooled", first.pool_decay
+        self._pool: dict[str, torch.Tensor] = {}  # a pooled fit's moving averages (zero-started, like Adam's)
+        self._calls = 0
         self.n_continuous = max(loss.n_continuous for loss in losses)
         self.children = list(dict.fromkeys(child for loss in losses for child in loss.groups))
         sizes = {child: max(len(loss.groups.get(child, ())) for loss in losses) for child in self.children}
@@ -469,10 +516,29 @@ class StackedStructuralLoss:
                 fits[m, start : start + size, f] = 1.0
         return fits
 
+    # ---- the pool of a pooled fit -------------------------------------------------------------
+
+    def _fit_on(self, key: str, batch: torch.Tensor) -> torch.Tensor:
+        """What a fit is fitted on: the batch's statistic, or (pooled) the pool with the batch folded in."""
+        if not self.pooled:
+            return batch
+        pool = self._pool.get(key)
+        pool = batch * (1 - self.pool_decay) if pool is None else pool * self.pool_decay + batch * (1 - self.pool_decay)
+        self._pool[key] = pool
+        return pool / (1 - self.pool_decay ** (self._calls + 1))
+
+    def state_dict(self) -> dict:
+        return {"calls": self._calls, "pool": dict(self._pool)} if self.pooled else {}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if self.pooled:
+            self._calls, self._pool = int(state["calls"]), dict(state["pool"])
+
     # ---- a call ------------------------------------------------------------------------------
 
     def __call__(self, c: torch.Tensor, q_out: torch.Tensor) -> torch.Tensor:
-        """R_G per sample of each model: c, q_out (K, B, code_dim) -> (K,)."""
+        """R_G per sample of each model: c, q_out (K, B, code_dim) -> (K,). A pooled fit folds the batch
+        into its pool."""
         const = self._constants_on(c.device)
         nll = self.nlls(c, q_out, const)
         total = (nll * const["weights"]).sum(-1)
@@ -491,7 +557,7 @@ class StackedStructuralLoss:
         parts = []
         if self.n_continuous:
             with torch.no_grad():
-                s = torch.bmm(z.transpose(1, 2), z) / n  # (K, W, W)
+                s = self._fit_on("moments", torch.bmm(z.transpose(1, 2), z) / n)  # (K, W, W)
                 system = s[:, None] * const["outer"] + const["fill"]  # (K, F, W, W)
                 rhs = s.gather(1, const["child"][..., None].expand(-1, -1, s.shape[2])) * const["mask"]  # (K, F, W)
                 # solve_ex: no error check, so no host sync on a GPU (linalg.solve waits for the device to
@@ -507,9 +573,13 @@ class StackedStructuralLoss:
             weights = [
                 self._configurations(parents[m], loss, child, fits.shape[1]) for m, loss in enumerate(self.losses)
             ]
-            parts.append(
-                categorical_nlls(z[:, :, self._columns(child)], torch.stack(weights), fits, self.alpha, self.correct)
-            )
+            child_z, weights = z[:, :, self._columns(child)], torch.stack(weights)
+            counts = None
+            if self.pooled:  # soft counts per sample, pooled, on the batch's scale (the Laplace prior's)
+                with torch.no_grad():
+                    counts = self._fit_on(child, torch.bmm(weights.transpose(1, 2), child_z) / n) * n
+            parts.append(categorical_nlls(child_z, weights, fits, self.alpha, self.correct, counts))
+        self._calls += self.pooled
         return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
     def _configurations(self, z: torch.Tensor, loss: StructuralLoss, child: str, width: int) -> torch.Tensor:
@@ -542,7 +612,17 @@ class StackedStructuralLoss:
 
 def _shared_options(loss: StructuralLoss) -> tuple:
     """What the graphs of one :class:`StackedStructuralLoss` must have in common."""
-    return (loss.spec, loss.floor, loss.ridge, loss.alpha, loss.edge_cap, loss.correct, loss.parent_grad)
+    return (
+        loss.spec,
+        loss.floor,
+        loss.ridge,
+        loss.alpha,
+        loss.edge_cap,
+        loss.correct,
+        loss.parent_grad,
+        loss.fit,
+        loss.pool_decay,
+    )
 
 
 def structural_loss(

@@ -51,7 +51,7 @@ from gan.losses import anchor_loss, d_loss, g_loss, info_loss
 from gan.models import DNorm, adam, build_models
 from gan.pairs import PAIR_KEYS, PairGAN, SampleRealPairs, sample_pair_latents
 from gan.prior import CodePrior
-from gan.structure import Correction, Form, Grad, StructuralLoss
+from gan.structure import Correction, Fit, Form, Grad, StructuralLoss
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,12 @@ class TrainConfig:
         "makes a parent code less informative)",
         "all",
     )
+    struct_fit: Fit = doc_field(
+        "what R_G's families are fitted on: batch (each batch, the paper's), or pooled (a running pool of "
+        "batches, so a batch's residuals are out of sample and its gradient no longer chases the fit's own noise)",
+        "batch",
+    )
+    struct_pool_decay: float = doc_field("struct_fit pooled: the pool's decay per R_G call, in (0, 1)", 0.99)
     anchor_labels: float = doc_field(
         "anchored training images, whose factor values or labels Q is told (ss-InfoGAN): a fraction in (0, 1), "
         "or a count >= 1 (1 is one image); 0: off. The subset is fixed by the run's seed (a search's: each trial's)",
@@ -178,6 +184,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a step >= 0, got {getattr(self, name)}")
         if self.g_steps < 1:
             raise ValueError(f"g_steps must be >= 1, got {self.g_steps}")
+        if not 0 < self.struct_pool_decay < 1:
+            raise ValueError(f"struct_pool_decay must be in (0, 1), got {self.struct_pool_decay}")
         if self.lambda_pair < 0 or (self.lambda_pair > 0 and self.code_prior != "graph"):
             raise ValueError(
                 f"lambda_pair must be >= 0, and > 0 only with code_prior graph (the generated pairs' "
@@ -283,6 +291,8 @@ class Trainer:
                 edge_cap=cfg.struct_edge_cap,
                 correction=cfg.struct_correction,
                 grad=cfg.struct_grad,
+                fit=cfg.struct_fit,
+                pool_decay=cfg.struct_pool_decay,
             )
             if cfg.lambda_struct > 0
             else None
@@ -427,9 +437,11 @@ class Trainer:
     def state_dict(self) -> dict:
         pairs = {} if self.pairs is None else {"pairs": self.pairs.state_dict()}
         cr = {} if self.cr is None else {"cr": self.cr.state_dict()}
+        struct = {} if self.struct is None or self.cfg.struct_fit == "batch" else {"struct": self.struct.state_dict()}
         return (
             pairs
             | cr
+            | struct
             | {
                 "step": self.step,
                 "config": asdict(self.cfg),
@@ -456,6 +468,8 @@ class Trainer:
             self.pairs.load_state_dict(state["pairs"])
         if self.cr is not None:
             self.cr.load_state_dict(state["cr"])
+        if self.struct is not None and self.cfg.struct_fit == "pooled" and "struct" in state:
+            self.struct.load_state_dict(state["struct"])  # absent before R_G's first call: an empty pool
         self.step = int(state["step"])
 
     def save(self, path: str | os.PathLike) -> Path:

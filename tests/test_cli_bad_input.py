@@ -134,6 +134,8 @@ CASES = [
     Case("graph-not-utf8", lambda e: ["graph", e.file("g.json", b'\xff\xfe{"edges": []}')], "is not UTF-8 text"),
     Case("graph-empty-json", lambda e: ["graph", e.file("g.json", "")], "g.json' is empty"),
     Case("train-graph-empty-json", lambda e: e.train("--graph", e.file("g.json", "\n")), "g.json' is empty"),
+    Case("struct-pool-decay-one", lambda e: e.train("--struct-pool-decay", "1"), "struct_pool_decay must be in (0, 1)"),
+    Case("struct-fit-unknown", lambda e: e.train("--struct-fit", "pool"), "invalid choice: 'pool'"),
     # devices
     Case("gpus-without-cuda", lambda e: e.optimize("--gpus", "0"), "torch sees no CUDA GPU", skip=NO_GPU),
     Case("gpus-not-numbers", lambda e: e.optimize("--gpus", "first"), "--gpus 'first'"),

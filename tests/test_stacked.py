@@ -208,6 +208,8 @@ def test_refuses_what_is_not_stacked() -> None:
     pairs = dataclasses.replace(TINY, lambda_pair=0.5, code_prior="graph")
     with pytest.raises(StackError, match="lambda_pair=0.5"):
         StackedTrainer(_trainers(pairs, k=2, sample_real_pairs=lambda b, g: (data[:b], data[:b])))
+    with pytest.raises(StackError, match="struct_fit='pooled'"):
+        StackedTrainer(_trainers(dataclasses.replace(TINY, struct_fit="pooled"), k=2))
     ahead = _trainers(k=2)
     ahead[1].train_step()
     with pytest.raises(StackError, match=r"share their step; got \[0, 1\]"):

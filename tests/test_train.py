@@ -132,6 +132,26 @@ def test_resumed_run_ends_identical_to_an_uninterrupted_one(tmp_path) -> None:
         assert torch.equal(a, b)
 
 
+def test_a_pooled_run_resumes_identical_to_an_uninterrupted_one_and_needs_its_pool(tmp_path) -> None:
+    """R_G's pool is part of the checkpoint: resumed with it, the run ends as if never stopped;
+    with the pool emptied after loading, it does not."""
+    pooled = dataclasses.replace(TINY, struct_fit="pooled", struct_pool_decay=0.9)
+    full = _trainer(pooled)
+    full.run()
+    first = _trainer(dataclasses.replace(pooled, n_steps=3))
+    first.run()
+    first.save(tmp_path / "ck.pt")
+    resumed, emptied = _trainer(pooled), _trainer(pooled)
+    for trainer in (resumed, emptied):
+        trainer.load(tmp_path / "ck.pt")
+    emptied.struct.load_state_dict({"calls": 0, "pool": {}})
+    resumed.run()
+    emptied.run()
+    for a, b in zip(full.G.state_dict().values(), resumed.G.state_dict().values()):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(full.G.state_dict().values(), emptied.G.state_dict().values()))
+
+
 def test_absurd_learning_rate_ends_with_diverged_status() -> None:
     result = _trainer(dataclasses.replace(TINY, lr_g=1e30, lr_d=1e30, n_steps=30, log_every=10)).run()
     assert result.status == "diverged"
