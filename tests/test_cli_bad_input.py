@@ -136,6 +136,11 @@ CASES = [
     Case("train-graph-empty-json", lambda e: e.train("--graph", e.file("g.json", "\n")), "g.json' is empty"),
     Case("struct-pool-decay-one", lambda e: e.train("--struct-pool-decay", "1"), "struct_pool_decay must be in (0, 1)"),
     Case("struct-fit-unknown", lambda e: e.train("--struct-fit", "pool"), "invalid choice: 'pool'"),
+    Case(
+        "stack-struct-fit-pooled",
+        lambda e: e.optimize("--stack", "2", "--struct-fit", "pooled"),
+        "struct_fit='pooled': a pooled R_G's pool is not stacked",
+    ),
     # devices
     Case("gpus-without-cuda", lambda e: e.optimize("--gpus", "0"), "torch sees no CUDA GPU", skip=NO_GPU),
     Case("gpus-not-numbers", lambda e: e.optimize("--gpus", "first"), "--gpus 'first'"),
