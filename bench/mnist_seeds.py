@@ -2,7 +2,7 @@
 
     python bench/mnist_seeds.py [--steps 5000] [--device cuda] [--seeds 0 1 2] [--max-minutes 6]
                                 [--out docs/results/mnist-seeds] [--runs runs/mnist-seeds] [--summarize]
-                                [--complete-only]
+                                [--complete-only] [--rows-from OLD/rows.json]
 
 Models, all on InfoGAN's net (``--preset paper``: batch 128, full width) with the codes Cat(10),
 Unif, Unif:
@@ -126,6 +126,13 @@ def summarize(args: argparse.Namespace) -> None:
             if args.complete_only and summary["step"] < args.steps:
                 continue  # stopped early, still going, or a shorter run copied in to be continued
             rows.append({"model": model, "seed": seed, "step": summary["step"], **summary["scores"]})
+    have = {(r["model"], r["seed"]) for r in rows}
+    for table in args.rows_from:  # an earlier table's rows, for the (model, seed) runs not under --runs
+        for row in json.loads(table.read_text()):
+            if row["model"] in args.models and row["seed"] in args.seeds and (row["model"], row["seed"]) not in have:
+                if not args.complete_only or row["step"] >= args.steps:
+                    rows.append(row)
+                    have.add((row["model"], row["seed"]))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rows.json").write_text(json.dumps(rows, indent=1))
     acc = {(r["model"], r["seed"]): r["cat_acc"] for r in rows if "cat_acc" in r}
@@ -168,6 +175,13 @@ def main() -> None:
     parser.add_argument("--summarize", action="store_true", help="only write the table of finished runs")
     parser.add_argument(
         "--complete-only", action="store_true", help="leave out runs scored before --steps (stopped, or still going)"
+    )
+    parser.add_argument(
+        "--rows-from",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="earlier rows.json tables whose rows fill in the (model, seed) runs not under --runs",
     )
     args = parser.parse_args()
     if not args.summarize:
