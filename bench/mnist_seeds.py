@@ -20,7 +20,8 @@ Unif, Unif:
   ``independent-from300``, ``independent-from500``: R_G on from step 300 or 500 (``--struct-start``;
   until then the same seed's ``infogan`` run, step for step); ``digit-parent``: the independent graph
   plus q1 -> q2 and q1 -> q3, so R_G no longer asks the continuous readings to be independent of the
-  digit's; ``independent-l0.01``: lambda_struct 0.01.
+  digit's; ``independent-l0.01``: lambda_struct 0.01; ``independent-pooled``: R_G's families fitted on a
+  running pool of batches (``--struct-fit pooled``), ``independent-pooled-from300`` the same from step 300.
 
 Every run is its own ``structsearch train`` process, all at once (these nets leave a GPU mostly
 idle); each stops training after ``--max-minutes`` if not done (then it is scored as usual and
@@ -51,6 +52,17 @@ MODELS = {
     # the next suspect: R_G in D/Q's update, which reaches D's trunk through the shared Q head
     # R_G's families fitted on a running pool of batches, not each batch: no gradient from the fit's own noise
     "independent-pooled": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-fit", "pooled"],
+    # both: the pooled fit from step 300 on
+    "independent-pooled-from300": [
+        "--codes",
+        "infogan-mnist",
+        "--graph",
+        "independent",
+        "--struct-fit",
+        "pooled",
+        "--struct-start",
+        "300",
+    ],
     "independent-g": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-on", "g"],
     # does the cost scale with lambda, and does a form without saturated fits pay it?
     "independent-l0.03": ["--codes", "infogan-mnist", "--graph", "independent", "--lambda-struct", "0.03"],
