@@ -522,8 +522,7 @@ class StackedStructuralLoss:
         """What a fit is fitted on: the batch's statistic, or (pooled) the pool with the batch folded in."""
         if not self.pooled:
             return batch
-        pool = self._pool.get(key)
-        pool = batch * (1 - self.pool_decay) if pool is None else pool * self.pool_decay + batch * (1 - self.pool_decay)
+        pool = self._pool.get(key, 0.0) * self.pool_decay + batch * (1 - self.pool_decay)
         self._pool[key] = pool
         return pool / (1 - self.pool_decay ** (self._calls + 1))
 

@@ -437,7 +437,8 @@ class Trainer:
     def state_dict(self) -> dict:
         pairs = {} if self.pairs is None else {"pairs": self.pairs.state_dict()}
         cr = {} if self.cr is None else {"cr": self.cr.state_dict()}
-        struct = {} if self.struct is None or self.cfg.struct_fit == "batch" else {"struct": self.struct.state_dict()}
+        pool = {} if self.struct is None else self.struct.state_dict()  # empty unless R_G's fit is pooled
+        struct = {"struct": pool} if pool else {}
         return (
             pairs
             | cr
@@ -468,7 +469,7 @@ class Trainer:
             self.pairs.load_state_dict(state["pairs"])
         if self.cr is not None:
             self.cr.load_state_dict(state["cr"])
-        if self.struct is not None and self.cfg.struct_fit == "pooled" and "struct" in state:
+        if self.struct is not None and "struct" in state:
             self.struct.load_state_dict(state["struct"])  # absent before R_G's first call: an empty pool
         self.step = int(state["step"])
 
