@@ -21,7 +21,8 @@ Unif, Unif:
   until then the same seed's ``infogan`` run, step for step); ``digit-parent``: the independent graph
   plus q1 -> q2 and q1 -> q3, so R_G no longer asks the continuous readings to be independent of the
   digit's; ``independent-l0.01``: lambda_struct 0.01; ``independent-pooled``: R_G's families fitted on a
-  running pool of batches (``--struct-fit pooled``), ``independent-pooled-from300`` the same from step 300.
+  running pool of batches (``--struct-fit pooled``), ``independent-pooled-from300`` the same from step 300;
+  ``independent-l1e-6``: lambda_struct 1e-6, the null for the same-seed comparison.
 
 Every run is its own ``structsearch train`` process, all at once (these nets leave a GPU mostly
 idle); each stops training after ``--max-minutes`` if not done (then it is scored as usual and
@@ -77,6 +78,10 @@ MODELS = {
     "independent-l0.01": ["--codes", "infogan-mnist", "--graph", "independent", "--lambda-struct", "0.01"],
     # the mirror of independent-g: R_G in D/Q's update only (G's loss has no R_G term)
     "independent-q": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-on", "q"],
+    # the pairing's null: R_G's code path at a weight too small to ask anything (its gradient moves G
+    # by a few float32 ulps a step); its same-seed difference from infogan is how far a run drifts
+    # from its pair when nothing is demanded of it
+    "independent-l1e-6": ["--codes", "infogan-mnist", "--graph", "independent", "--lambda-struct", "1e-6"],
 }
 
 
