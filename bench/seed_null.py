@@ -89,8 +89,9 @@ def main() -> None:
     reference = [v for (m, _), v in acc.items() if m in (args.base, args.null)]
     if len(reference) >= 2:
         sd = statistics.stdev(reference)
+        names = " and ".join(m for m in (args.base, args.null) if any(mm == m for mm, _ in acc))
         print(
-            f"\nsingle-run spread ({args.base} and {args.null}, {len(reference)} runs): sd {sd:.3f}; "
+            f"\nsingle-run spread ({names}, {len(reference)} runs): sd {sd:.3f}; "
             f"an unpaired test needs {seeds_needed(sd, args.delta)} seeds a model to resolve {args.delta:.3f}"
         )
 
