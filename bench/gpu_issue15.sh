@@ -17,7 +17,8 @@
 #                       (MIG, DCI, FactorVAE at scale 0.2). A second call while the machine still
 #                       holds runs/gpu-issue15/ continues every run from its checkpoint (--resume).
 #   3. mnist     (440)  bench/mnist_seeds.py --device cuda, models infogan, infogan-normal, independent,
-#                       entangled, independent-from300 and independent-pooled (each run --max-minutes MNIST_MIN,
+#                       entangled, independent-from300, independent-pooled and the null independent-l1e-6
+#                       (lambda_struct 1e-6: the pairing's own drift; bench/seed_null.py) (each run --max-minutes MNIST_MIN,
 #                       default 3; reruns resume), beside step 2, when the MNIST folder MNIST_DIR
 #                       exists (default shared/data/mnist); skipped otherwise.
 #
@@ -50,7 +51,7 @@ else
     common=(--steps 322560 --width 1.0 --scale 0.2 --seeds 0,1,2 --max-minutes "${DSPRITES_MIN:-3}")
     recipes=(today preset preset-structured preset-cr)
     seeds=(0 1 2)
-    mnist_args=(--device cuda --max-minutes "${MNIST_MIN:-3}" --models infogan infogan-normal independent entangled independent-from300 independent-pooled)
+    mnist_args=(--device cuda --max-minutes "${MNIST_MIN:-3}" --models infogan infogan-normal independent entangled independent-from300 independent-pooled independent-l1e-6)
 fi
 common+=(--cr-start-fraction 0 --device "$device" --out "$out" --run-root "$runs/dsprites" --keep-runs --resume)
 
