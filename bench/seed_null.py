@@ -11,8 +11,9 @@ nothing is asked of it. Per model the table gives:
 
 * the same-seed difference from ``base`` (median [min, max]) and its median size;
 * Wilcoxon's signed-rank p for those differences (paired);
-* Mann-Whitney's p against ``base`` alone, and against ``base`` and ``null`` pooled (unpaired: if
-  the null is indistinguishable from ``base``, it doubles the reference sample).
+* Mann-Whitney's p against ``base`` alone, and (when the rows have the null) against ``base`` and
+  ``null`` pooled (unpaired: if the null is indistinguishable from ``base``, it doubles the reference
+  sample).
 
 Below it: the single-run spread (standard deviation of ``base`` and ``null`` pooled) and how many
 seeds per model an unpaired comparison would need to tell a ``--delta`` difference from zero
@@ -41,12 +42,16 @@ def load(paths: list[Path], steps: int) -> dict[tuple[str, int], float]:
 
 
 def table(acc: dict[tuple[str, int], float], base: str, null: str, models: list[str]) -> list[str]:
-    seeds = lambda m: sorted(s for mm, s in acc if mm == m)  # noqa: E731
-    reference = [acc[base, s] for s in seeds(base)] + [acc[null, s] for s in seeds(null)]
+    def seeds(model: str) -> list[int]:
+        return sorted(s for m, s in acc if m == model)
+
+    base_accs = [acc[base, s] for s in seeds(base)]
+    null_accs = [acc[null, s] for s in seeds(null)]  # without them, no pooled column
+    pooled = f" vs {base} + {null} |" if null_accs else ""
     lines = [
         f"| model | seeds | cat_acc median | minus {base}, same seed: median [min, max] | median size "
-        f"| Wilcoxon p (paired) | Mann-Whitney p vs {base} | vs {base} + {null} |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| Wilcoxon p (paired) | Mann-Whitney p vs {base} |{pooled}",
+        "|---|---|---|---|---|---|---|" + ("---|" if null_accs else ""),
     ]
     for model in [base, null, *(m for m in models if m not in (base, null))]:
         mine = [acc[model, s] for s in seeds(model)]
@@ -54,16 +59,18 @@ def table(acc: dict[tuple[str, int], float], base: str, null: str, models: list[
             continue
         diffs = [acc[model, s] - acc[base, s] for s in seeds(model) if (base, s) in acc]
         if model == base or not diffs:
-            lines.append(f"| {model} | {len(mine)} | {statistics.median(mine):.3f} | | | | | |")
+            lines.append(
+                f"| {model} | {len(mine)} | {statistics.median(mine):.3f} | | | | |" + (" |" if null_accs else "")
+            )
             continue
         wilcoxon = stats.wilcoxon(diffs).pvalue if any(diffs) else 1.0
-        vs_base = stats.mannwhitneyu(mine, [acc[base, s] for s in seeds(base)]).pvalue
-        others = reference if model != null else [acc[base, s] for s in seeds(base)]
-        vs_both = stats.mannwhitneyu(mine, others).pvalue
+        vs_base = stats.mannwhitneyu(mine, base_accs).pvalue
+        # the null is not its own reference: its cell stays empty
+        vs_both = "" if model == null else f" {stats.mannwhitneyu(mine, base_accs + null_accs).pvalue:.2f}"
         lines.append(
             f"| {model} | {len(mine)} | {statistics.median(mine):.3f} | {statistics.median(diffs):+.3f} "
             f"[{min(diffs):+.3f}, {max(diffs):+.3f}] | {statistics.median(abs(d) for d in diffs):.3f} "
-            f"| {wilcoxon:.2f} | {vs_base:.2f} | {vs_both:.2f} |"
+            f"| {wilcoxon:.2f} | {vs_base:.2f} |" + (f"{vs_both} |" if null_accs else "")
         )
     return lines
 
