@@ -3,6 +3,7 @@
     python bench/mnist_seeds.py [--steps 5000] [--device cuda] [--seeds 0 1 2] [--max-minutes 6]
                                 [--out docs/results/mnist-seeds] [--runs runs/mnist-seeds] [--summarize]
                                 [--complete-only] [--rows-from OLD/rows.json]
+                                [--branch-from RUNS [--branch-model independent-l1e-6]]
 
 Models, all on InfoGAN's net (``--preset paper``: batch 128, full width) with the codes Cat(10),
 Unif, Unif:
@@ -27,15 +28,19 @@ Unif, Unif:
 Every run is its own ``structsearch train`` process, all at once (these nets leave a GPU mostly
 idle); each stops training after ``--max-minutes`` if not done (then it is scored as usual and
 its step count is reported), and a rerun resumes each from its checkpoint and leaves runs already
-scored at ``--steps`` alone. A CPU rehearsal:
+scored at ``--steps`` alone. With ``--branch-from RUNS``, each new run starts from the
+checkpoint of the same seed's ``--branch-model`` run in RUNS (see :func:`branch`), and ``--steps``
+counts from that run's start. A CPU rehearsal:
 ``--device cpu --steps 20 --seeds 0``; on a CPU, ``--jobs`` = its cores runs them a few at a time. The table goes to OUT/summary.md and OUT/rows.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -120,11 +125,46 @@ def launch(args: argparse.Namespace) -> None:
             print(f"{model} seed {seed}: exit {proc.returncode}, see {logs / f'{model}-seed{seed}.log'}")
 
 
+def train_argv(args: argparse.Namespace, model: str, seed: int, out: Path) -> list[str]:
+    """``structsearch train``'s arguments for one (model, seed) run in ``out``."""
+    argv = ["train", "--dataset", "mnist", "--data-dir", str(args.data_dir), "--preset", "paper"]
+    argv += ["--steps", str(args.steps), "--device", args.device, "--seed", str(seed), "--tracking", "none"]
+    return argv + ["--checkpoint-every", "250", "--out", str(out), *MODELS[model]]
+
+
+def branch(args: argparse.Namespace, model: str, seed: int, out: Path) -> None:
+    """Make ``out`` a run of ``model`` that starts from the checkpoint of the same seed's
+    ``--branch-model`` run under ``--branch-from``: its weights, optimizer moments, data order and
+    latent draws, and its step count; from there on ``model``'s own config applies. ``branch.json``
+    records the base run and the step. Two branches of one base differ only by what their models
+    do after the branch step, so their difference is not diluted by a whole run's drift."""
+    import torch
+
+    from structsearch.cli import build_parser
+    from structsearch.config import RunConfig, config_from_args
+
+    base = run_dir(args.branch_from, args.branch_model, seed)
+    if not (base / "checkpoint.pt").exists():
+        raise SystemExit(f"--branch-from: no checkpoint of {args.branch_model} seed {seed} at {base}")
+    base_cfg = RunConfig.load(base / "config.json")
+    cfg = config_from_args(build_parser().parse_args(train_argv(args, model, seed, out)))
+    if cfg.graph != base_cfg.graph:  # graph.json is copied: a branch keeps its base's graph
+        raise SystemExit(f"--branch-from: {model} trains graph {cfg.graph!r}, the base {base} has {base_cfg.graph!r}")
+    step = torch.load(base / "checkpoint.pt", map_location="cpu", weights_only=True)["step"]
+    if step >= args.steps:
+        raise SystemExit(f"--branch-from: {base} is at step {step}; --steps {args.steps} leaves nothing to train")
+    out.mkdir(parents=True)
+    shutil.copy2(base / "checkpoint.pt", out / "checkpoint.pt")
+    shutil.copy2(base / "graph.json", out / "graph.json")
+    dataclasses.replace(cfg, codes=base_cfg.codes).save(out / "config.json")
+    (out / "branch.json").write_text(json.dumps({"from": str(base), "model": args.branch_model, "step": step}) + "\n")
+
+
 def start(args: argparse.Namespace, model: str, seed: int, logs: Path) -> subprocess.Popen:
     out = run_dir(args.runs, model, seed)
-    cmd = [sys.executable, "-m", "structsearch", "train", "--dataset", "mnist", "--data-dir", args.data_dir]
-    cmd += ["--preset", "paper", "--steps", str(args.steps), "--device", args.device, "--seed", str(seed)]
-    cmd += ["--tracking", "none", "--checkpoint-every", "250", "--out", str(out), *MODELS[model]]
+    if args.branch_from and not (out / "config.json").exists():
+        branch(args, model, seed, out)
+    cmd = [sys.executable, "-m", "structsearch", *train_argv(args, model, seed, out)]
     cmd += ["--max-minutes", str(args.max_minutes)] + (["--resume"] if (out / "config.json").exists() else [])
     log = open(logs / f"{model}-seed{seed}.log", "a")  # noqa: SIM115 (open while the process runs)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -200,6 +240,13 @@ def main() -> None:
         default=[],
         help="earlier rows.json tables whose rows fill in the (model, seed) runs not under --runs",
     )
+    parser.add_argument(
+        "--branch-from",
+        type=Path,
+        metavar="RUNS",
+        help="start each new run from the checkpoint of the same seed's --branch-model run in RUNS (a branch)",
+    )
+    parser.add_argument("--branch-model", choices=list(MODELS), default="independent-l1e-6")
     args = parser.parse_args()
     if not args.summarize:
         launch(args)
