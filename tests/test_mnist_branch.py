@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 
@@ -11,17 +10,13 @@ import pytest
 import torch
 
 from structsearch.cli import main
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests import bench_scripts
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """bench/mnist_seeds.py as a module (bench/ is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("mnist_seeds", ROOT / "bench" / "mnist_seeds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """bench/mnist_seeds.py as a module."""
+    return bench_scripts.load("mnist_seeds")
 
 
 def _args(bench, runs: pathlib.Path, steps: int, data_dir: pathlib.Path, base: pathlib.Path | None = None):

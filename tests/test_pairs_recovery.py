@@ -6,25 +6,21 @@ import importlib
 import importlib.util
 import json
 import math
-import pathlib
 import time
 
 import pytest
 
 from gan import dag
 from structsearch.datasets.shapes import GRAPHS, NODES
+from tests import bench_scripts
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 COLLIDER = GRAPHS["collider"]  # q1->q3, q2->q3
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """bench/pairs_recovery.py as a module (bench/ is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("pairs_recovery", ROOT / "bench" / "pairs_recovery.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """bench/pairs_recovery.py as a module."""
+    return bench_scripts.load("pairs_recovery")
 
 
 def test_shapes_split_the_25_dags_by_relabelling(bench) -> None:

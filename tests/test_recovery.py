@@ -1,21 +1,19 @@
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 
 import pytest
+
+from tests import bench_scripts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def rec():
-    """bench/recovery.py as a module (bench/ is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("recovery", ROOT / "bench" / "recovery.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """bench/recovery.py as a module."""
+    return bench_scripts.load("recovery")
 
 
 def test_candidates_and_markov_classes(rec) -> None:
@@ -87,9 +85,7 @@ def test_tiny_benchmark_writes_rows_and_a_summary_and_resumes(rec, tmp_path, cap
 
 
 def test_paper_dsprites_verdict_needs_a_gap_beyond_the_seed_spread() -> None:
-    spec = importlib.util.spec_from_file_location("paper_dsprites", ROOT / "bench" / "paper_dsprites.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = bench_scripts.load("paper_dsprites")
     values = {  # metric -> (infogan seeds, structured seeds)
         "mig": ([0.10, 0.12, 0.11], [0.30, 0.31, 0.29]),  # clear gap: structured higher
         "dci": ([0.10, 0.30, 0.20], [0.25, 0.05, 0.30]),  # gap 0.003, spreads 0.1: no result

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests import bench_scripts
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """bench/seed_null.py as a module (bench/ is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("seed_null", ROOT / "bench" / "seed_null.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """bench/seed_null.py as a module."""
+    return bench_scripts.load("seed_null")
 
 
 def test_seeds_needed_is_lehrs_rule(bench) -> None:
