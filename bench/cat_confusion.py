@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from structsearch import scores as scores_mod
 from structsearch.trial import load_run
@@ -33,9 +32,7 @@ from structsearch.trial import load_run
 def digit_report(predicted: np.ndarray, labels: np.ndarray, k: int, own: float = 0.8) -> dict:
     """cat_acc's matching of ``k`` classes to the labels, and the digits it leaves without a class."""
     n_labels = int(labels.max()) + 1
-    confusion = np.zeros((k, max(k, n_labels)), dtype=np.int64)
-    np.add.at(confusion, (predicted, labels), 1)
-    rows, cols = linear_sum_assignment(-confusion)
+    confusion, rows, cols = scores_mod.class_matching(predicted, labels, k)
     digit_of = dict(zip(rows.tolist(), cols.tolist()))  # class -> its matched digit
     class_of = {d: c for c, d in digit_of.items()}
     lost = []

@@ -568,9 +568,16 @@ def readback_r2(c: torch.Tensor, q: torch.Tensor) -> float:
     return float((c @ q) ** 2 / denom) if denom > 0 else 0.0
 
 
-def matched_accuracy(predicted: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Accuracy of a clustering under the best one-to-one matching of clusters to labels."""
+def class_matching(predicted: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The confusion matrix of ``k`` clusters (rows) against the labels (columns), and the best
+    one-to-one matching of clusters to labels: cluster ``rows[i]`` is matched to label ``cols[i]``."""
     confusion = np.zeros((k, max(k, int(labels.max()) + 1)), dtype=np.int64)
     np.add.at(confusion, (predicted, labels), 1)
     rows, cols = linear_sum_assignment(-confusion)
+    return confusion, rows, cols
+
+
+def matched_accuracy(predicted: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Accuracy of a clustering under the best one-to-one matching of clusters to labels."""
+    confusion, rows, cols = class_matching(predicted, labels, k)
     return float(confusion[rows, cols].sum() / len(labels))
