@@ -22,7 +22,8 @@ Unif, Unif:
   until then the same seed's ``infogan`` run, step for step); ``digit-parent``: the independent graph
   plus q1 -> q2 and q1 -> q3, so R_G no longer asks the continuous readings to be independent of the
   digit's; ``independent-l0.01``: lambda_struct 0.01; ``independent-pooled``: R_G's families fitted on a
-  running pool of batches (``--struct-fit pooled``), ``independent-pooled-from300`` the same from step 300;
+  running pool of batches (``--struct-fit pooled``), ``independent-pooled-from300`` the same from step 300,
+  ``independent-pooled-from1000`` from step 1,000;
   ``independent-l1e-6``: lambda_struct 1e-6, the null for the same-seed comparison.
 
 Every run is its own ``structsearch train`` process, all at once (these nets leave a GPU mostly
@@ -68,6 +69,18 @@ MODELS = {
         "pooled",
         "--struct-start",
         "300",
+    ],
+    # the schedule the branches support: the pooled fit from step 1,000 on, a formed code's step
+    # (until then the same seed's infogan run, step for step)
+    "independent-pooled-from1000": [
+        "--codes",
+        "infogan-mnist",
+        "--graph",
+        "independent",
+        "--struct-fit",
+        "pooled",
+        "--struct-start",
+        "1000",
     ],
     "independent-g": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-on", "g"],
     # does the cost scale with lambda, and does a form without saturated fits pay it?
