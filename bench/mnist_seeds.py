@@ -48,6 +48,9 @@ import sys
 import time
 from pathlib import Path
 
+# R_G's families fitted on a running pool of batches, not each batch: no gradient from the fit's own noise
+POOLED = ["--codes", "infogan-mnist", "--graph", "independent", "--struct-fit", "pooled"]
+
 MODELS = {
     "infogan": ["--codes", "infogan-mnist", "--graph", "independent", "--lambda-struct", "0"],
     "infogan-normal": ["--codes", "mnist", "--graph", "independent", "--lambda-struct", "0"],
@@ -56,32 +59,12 @@ MODELS = {
     # issue 15's suspect: R_G's gradient through the parents of its saturated fits (q1's softmax)
     "independent-child": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-grad", "child"],
     "entangled-child": ["--codes", "infogan-mnist", "--graph", "entangled", "--struct-grad", "child"],
-    # the next suspect: R_G in D/Q's update, which reaches D's trunk through the shared Q head
-    # R_G's families fitted on a running pool of batches, not each batch: no gradient from the fit's own noise
-    "independent-pooled": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-fit", "pooled"],
+    "independent-pooled": POOLED,
     # both: the pooled fit from step 300 on
-    "independent-pooled-from300": [
-        "--codes",
-        "infogan-mnist",
-        "--graph",
-        "independent",
-        "--struct-fit",
-        "pooled",
-        "--struct-start",
-        "300",
-    ],
-    # the schedule the branches support: the pooled fit from step 1,000 on, a formed code's step
+    "independent-pooled-from300": [*POOLED, "--struct-start", "300"],
+    # the recommended MNIST schedule: the pooled fit from step 1,000 on, a formed code's step
     # (until then the same seed's infogan run, step for step)
-    "independent-pooled-from1000": [
-        "--codes",
-        "infogan-mnist",
-        "--graph",
-        "independent",
-        "--struct-fit",
-        "pooled",
-        "--struct-start",
-        "1000",
-    ],
+    "independent-pooled-from1000": [*POOLED, "--struct-start", "1000"],
     "independent-g": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-on", "g"],
     # does the cost scale with lambda, and does a form without saturated fits pay it?
     "independent-l0.03": ["--codes", "infogan-mnist", "--graph", "independent", "--lambda-struct", "0.03"],
