@@ -305,7 +305,7 @@ def _optimize(cfg: SearchConfig, prepared: Prepared, threads: int | None) -> opt
     rng = np.random.default_rng([cfg.seed, len(study.trials)])
     set_threads = _thread_setter(cfg.storage_url(), threads)
     while True:
-        # Under the pop lock (SQLite): no other worker is between taking a trial and naming its owner.
+        # Under the pop lock: no other worker is between checking the budget, taking a trial and naming its owner.
         objective.pop_lock.acquire()
         try:
             fail_stale_trials(study)  # an owner on another machine: its heartbeats stopped

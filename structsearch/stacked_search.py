@@ -116,13 +116,15 @@ def ask_batch(
     """Ask trials until ``stack`` of them hold a claimed graph, or the budget is met (repeats are
     answered and told on the way)."""
     study, batch = objective.study, []
-    while len(batch) < stack and trained_graphs(study) < target:
+    while len(batch) < stack:
         if objective.repeats >= MAX_REPEATS and graphs:
             _fill_in(study, objective.space, graphs, rng)
             objective.repeats = 0
-        objective.pop_lock.acquire()  # a SQLite study: no two workers take one enqueued trial
+        objective.pop_lock.acquire()  # no two workers take one enqueued trial, or one budget slot
         try:
             fail_dead_trials(study, unowned_are_dead=objective.pop_lock.held())  # as search.optimize does
+            if trained_graphs(study) >= target:
+                break
             with warnings.catch_warnings():  # Optuna warns that ask has no heartbeat: train_batch sends them
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
                 trial = study.ask()

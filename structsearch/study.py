@@ -348,28 +348,50 @@ def claim_graph(url: str, study: str, key: str, trial: int) -> int:
 
 
 class PopLock:
-    """Serializes, across processes, the moment a worker takes the next trial of a SQLite study.
+    """Serializes, across worker processes, the moment a worker checks the budget and takes the
+    next trial.
 
-    Optuna takes an enqueued (WAITING) trial with a read-then-write that PostgreSQL locks
-    (``SELECT ... FOR UPDATE``) and SQLite does not, so two workers starting together could both
-    take one enqueued trial and both train it. ``acquire`` before ``study.optimize``; the objective
-    calls ``release`` as its first step, once its trial is its own. A no-op for other databases.
+    Two workers that check "3 of 4 graphs trained" at once would both start a trial and train 5.
+    Under the lock, a trial is RUNNING (and counted by :func:`trained_graphs`) before the next
+    worker checks. SQLite needs it for one more reason: Optuna takes an enqueued (WAITING) trial
+    with a read-then-write that PostgreSQL locks (``SELECT ... FOR UPDATE``) and SQLite does not,
+    so two workers could both take one enqueued trial. A file lock beside a SQLite database; a
+    session-level advisory lock on PostgreSQL (freed by the server if the process dies); a no-op
+    for other databases. ``acquire`` before taking a trial; the objective calls ``release`` as its
+    first step, once its trial is its own and its owner recorded.
     """
+
+    # pg_advisory_lock's key: one bigint for structsearch's pop lock in any database
+    PG_KEY = int(hashlib.sha1(b"structsearch pop lock").hexdigest()[:15], 16)
 
     def __init__(self, url: str) -> None:
         self.path = Path(url.removeprefix("sqlite:///") + ".pop.lock") if url.startswith("sqlite:///") else None
-        self.handle = None
+        self.url = url if url.startswith("postgresql") else None
+        self.handle = None  # the open lock file, or the connection that holds the advisory lock
+        self._pg_engine = None
 
     def acquire(self) -> None:
-        if self.path is not None and self.handle is None:
+        if self.handle is not None:
+            return
+        if self.path is not None:
             self.handle = open(self.path, "w")  # noqa: SIM115 (held across calls)
             fcntl.flock(self.handle, fcntl.LOCK_EX)
+        elif self.url is not None:
+            if self._pg_engine is None:  # no pool: a closed connection is gone, and its lock with it
+                self._pg_engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
+            conn = self._pg_engine.connect()
+            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": self.PG_KEY})
+            self.handle = conn
 
     def release(self) -> None:
-        if self.handle is not None:
+        if self.handle is None:
+            return
+        if self.path is not None:
             fcntl.flock(self.handle, fcntl.LOCK_UN)
-            self.handle.close()
-            self.handle = None
+        else:
+            self.handle.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": self.PG_KEY})
+        self.handle.close()
+        self.handle = None
 
     def held(self) -> bool:
         """Whether this process holds the lock (never for a database that needs none)."""
@@ -476,7 +498,7 @@ def fail_dead_trials(study: optuna.Study, unowned_are_dead: bool = False) -> lis
     same graph, as Optuna does with a trial whose heartbeat is stale; the numbers failed.
 
     ``unowned_are_dead``: a running trial that has recorded no owner is dead too. True only while
-    holding the SQLite :class:`PopLock`: a live process records its trial's owner before
+    holding the :class:`PopLock`: a live process records its trial's owner before
     releasing that lock, so a trial without one lost its process between ask and record.
     """
     dead = []

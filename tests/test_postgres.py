@@ -194,16 +194,36 @@ def _ask(url: str, i: int, prepare: bool = False, prepared=None) -> int | None:
 
 
 def test_racing_workers_take_an_enqueued_trial_once(postgres) -> None:
-    """Optuna takes a WAITING trial under SELECT ... FOR UPDATE on PostgreSQL, which is why
-    ``PopLock`` (the file lock SQLite needs) does nothing there."""
+    """Optuna takes a WAITING trial under SELECT ... FOR UPDATE on PostgreSQL: without ``PopLock``,
+    which on SQLite is also what stops this race."""
     url = postgres.create_database("pop_race")
-    assert study_mod.PopLock(url).path is None
     study = optuna.create_study(study_name="pop", storage=url)
     study.enqueue_trial({"x": 1.0})
     enqueued = study.trials[0].number
     numbers = _race(_ask, url)
     assert all(isinstance(n, int) for n in numbers), numbers
     assert len(set(numbers)) == N_RACERS and numbers.count(enqueued) == 1
+
+
+def test_the_pop_lock_excludes_every_other_session_until_released(postgres) -> None:
+    """``PopLock`` on PostgreSQL: while one worker checks the budget and takes a trial, no other can
+    (two workers that both read "3 of 4 trained" would train 5)."""
+    url = postgres.create_database("pop_lock")
+    lock = study_mod.PopLock(url)
+
+    def other_session_gets_it() -> bool:
+        with sa.create_engine(url, poolclass=sa.pool.NullPool).connect() as conn:
+            got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": lock.PG_KEY}).scalar_one()
+            if got:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": lock.PG_KEY})
+            return bool(got)
+
+    assert other_session_gets_it()
+    lock.acquire()
+    lock.acquire()  # held already: a no-op, not a second lock to release
+    assert lock.held() and not other_session_gets_it()
+    lock.release()
+    assert not lock.held() and other_session_gets_it()
 
 
 # ---- a URL that names no reachable database ------------------------------------------------------
