@@ -20,7 +20,9 @@ the same net width:
 * ``preset-structured`` (not run by default): the preset with our regularizer at
   ``--lambda-struct`` (default: TrainConfig's, 0.1), for the claim to test on a GPU (at least
   FactorVAE 0.82 and MIG 0.22). At 0.1 (twice this preset's lambda_info) it erased Q's reading of
-  the generated codes at CPU scale (docs/results/dsprites-preset/README.md).
+  the generated codes at CPU scale (docs/results/dsprites-preset/README.md). ``--struct-start-fraction``
+  and ``--struct-fit`` give it MNIST's late-start schedule (R_G from that fraction of the run on,
+  fitted on a running pool of batches).
 
 Each run is scored with MIG, DCI and the FactorVAE score at ``--scale`` times disentanglement_lib's
 sample counts (structsearch.metrics, as ``evaluate`` computes them), plus our own scores. One JSON
@@ -49,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gan.structure import FITS
 from gan.train import TrainConfig
 from structsearch.config import PRESETS, RunConfig, apply_preset
 from structsearch.trial import Recorder, load_dataset, make_trainer, resolve_graph, run_trial, time_limit
@@ -73,19 +76,31 @@ def recipe_config(recipe: str, args: argparse.Namespace, seed: int) -> RunConfig
         preset = apply_preset(TrainConfig(), "infogan-cr-dsprites")
         train = dataclasses.replace(
             preset,
-            lambda_struct=args.lambda_struct if recipe == "preset-structured" else 0.0,
             lambda_cr=preset.lambda_cr if recipe == "preset-cr" else 0.0,
             cr_start=round(args.cr_start_fraction * args.steps),
+            lambda_struct=0.0,
             **common,
         )
+        if recipe == "preset-structured":
+            train = dataclasses.replace(
+                train,
+                lambda_struct=args.lambda_struct,
+                struct_start=round(args.struct_start_fraction * args.steps),
+                struct_fit=args.struct_fit,
+            )
         codes = "infogan-cr-dsprites"
     return RunConfig(dataset="dsprites", graph="independent", codes=codes, device=args.device, train=train)
 
 
 def run_key(recipe: str, seed: int, args: argparse.Namespace) -> str:
-    """The row's identity; preset-cr's names its CR start and preset-structured its lambda_struct, so a
-    run with another schedule or weight is another row."""
-    extra = {"preset-cr": f"|cr_from={args.cr_start_fraction:.3f}", "preset-structured": f"|ls={args.lambda_struct:g}"}
+    """The row's identity; preset-cr's names its CR start and preset-structured its lambda_struct (and its
+    R_G schedule where it is not the default), so a run with another schedule or weight is another row."""
+    structured = f"|ls={args.lambda_struct:g}"
+    if args.struct_start_fraction:
+        structured += f"|struct_from={args.struct_start_fraction:.3f}"
+    if args.struct_fit != TrainConfig().struct_fit:
+        structured += f"|fit={args.struct_fit}"
+    extra = {"preset-cr": f"|cr_from={args.cr_start_fraction:.3f}", "preset-structured": structured}
     return (
         f"recipe={recipe}|seed={seed}|steps={args.steps}|width={args.width}|scale={args.scale}{extra.get(recipe, '')}"
     )
@@ -131,6 +146,7 @@ def run_one(recipe: str, seed: int, args: argparse.Namespace, dataset) -> dict:
         "status": result.status,
         "config": {"codes": cfg.codes, "d_norm": t.d_norm, "g_steps": t.g_steps, "lambda_cr": t.lambda_cr}
         | {"cr_start": t.cr_start, "lambda_struct": t.lambda_struct, "lambda_info": t.lambda_info}
+        | {"struct_start": t.struct_start, "struct_fit": t.struct_fit}
         | {"lr_g": t.lr_g, "lr_d": t.lr_d, "batch_size": t.batch_size},
         "train_s_per_step": round((t1 - t0) / (s1 - s0), 4) if s1 > s0 else None,
         "seconds": round(time.time() - started, 1),
@@ -244,6 +260,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--lambda-struct", type=float, default=TrainConfig().lambda_struct, help="preset-structured's lambda_struct"
     )
+    parser.add_argument(
+        "--struct-start-fraction", type=float, default=0.0, help="preset-structured: R_G from this fraction of the run on"
+    )
+    parser.add_argument(
+        "--struct-fit", choices=FITS, default=TrainConfig().struct_fit, help="preset-structured's R_G fit"
+    )
     parser.add_argument("--max-minutes", type=float, help="each run's training stops after this much wall time")
     parser.add_argument("--resume", action="store_true", help="continue stopped or killed runs from their checkpoints")
     parser.add_argument("--run-root", default="runs/dsprites-preset")
@@ -257,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown recipe(s) {unknown}: choose from {', '.join(RECIPES)}")
     if not 0 <= args.cr_start_fraction <= 1:
         parser.error(f"--cr-start-fraction must be in [0, 1], got {args.cr_start_fraction}")
+    if not 0 <= args.struct_start_fraction <= 1:
+        parser.error(f"--struct-start-fraction must be in [0, 1], got {args.struct_start_fraction}")
     if args.lambda_struct < 0:
         parser.error(f"--lambda-struct must be >= 0, got {args.lambda_struct}")
     torch.set_num_threads(args.threads)

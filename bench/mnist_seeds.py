@@ -23,7 +23,8 @@ Unif, Unif:
   plus q1 -> q2 and q1 -> q3, so R_G no longer asks the continuous readings to be independent of the
   digit's; ``independent-l0.01``: lambda_struct 0.01; ``independent-pooled``: R_G's families fitted on a
   running pool of batches (``--struct-fit pooled``), ``independent-pooled-from300`` the same from step 300,
-  ``independent-pooled-from1000`` from step 1,000;
+  ``independent-pooled-from1000`` from step 1,000; ``entangled-pooled-from1000``: the entangled graph under
+  that schedule;
   ``independent-l1e-6``: lambda_struct 1e-6, the null for the same-seed comparison.
 
 Every run is its own ``structsearch train`` process, all at once (these nets leave a GPU mostly
@@ -65,6 +66,9 @@ MODELS = {
     # the recommended MNIST schedule: the pooled fit from step 1,000 on, a formed code's step
     # (until then the same seed's infogan run, step for step)
     "independent-pooled-from1000": [*POOLED, "--struct-start", "1000"],
+    # the entangled graph under the same schedule: does the late start remove its cost too?
+    "entangled-pooled-from1000": ["--codes", "infogan-mnist", "--graph", "entangled", "--struct-fit", "pooled",
+                                  "--struct-start", "1000"],
     "independent-g": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-on", "g"],
     # does the cost scale with lambda, and does a form without saturated fits pay it?
     "independent-l0.03": ["--codes", "infogan-mnist", "--graph", "independent", "--lambda-struct", "0.03"],
