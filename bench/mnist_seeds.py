@@ -24,7 +24,7 @@ Unif, Unif:
   digit's; ``independent-l0.01``: lambda_struct 0.01; ``independent-pooled``: R_G's families fitted on a
   running pool of batches (``--struct-fit pooled``), ``independent-pooled-from300`` the same from step 300,
   ``independent-pooled-from1000`` from step 1,000; ``entangled-pooled-from1000``: the entangled graph under
-  that schedule;
+  that schedule, ``entangled-child-pooled-from1000`` the same with ``--struct-grad child``;
   ``independent-l1e-6``: lambda_struct 1e-6, the null for the same-seed comparison.
 
 Every run is its own ``structsearch train`` process, all at once (these nets leave a GPU mostly
@@ -69,6 +69,10 @@ MODELS = {
     # the entangled graph under the same schedule: does the late start remove its cost too?
     "entangled-pooled-from1000": ["--codes", "infogan-mnist", "--graph", "entangled", "--struct-fit", "pooled",
                                   "--struct-start", "1000"],
+    # and with R_G's fits differentiated through their children only: is the entangled graph's cost the
+    # gradient through q3's parents (the digit's softmax among them)?
+    "entangled-child-pooled-from1000": ["--codes", "infogan-mnist", "--graph", "entangled", "--struct-fit", "pooled",
+                                        "--struct-start", "1000", "--struct-grad", "child"],
     "independent-g": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-on", "g"],
     # does the cost scale with lambda, and does a form without saturated fits pay it?
     "independent-l0.03": ["--codes", "infogan-mnist", "--graph", "independent", "--lambda-struct", "0.03"],
