@@ -51,6 +51,8 @@ from pathlib import Path
 
 # R_G's families fitted on a running pool of batches, not each batch: no gradient from the fit's own noise
 POOLED = ["--codes", "infogan-mnist", "--graph", "independent", "--struct-fit", "pooled"]
+# the entangled graph under the recommended schedule (the pooled fit from step 1,000 on)
+ENTANGLED_LATE = ["--codes", "infogan-mnist", "--graph", "entangled", "--struct-fit", "pooled", "--struct-start", "1000"]
 
 MODELS = {
     "infogan": ["--codes", "infogan-mnist", "--graph", "independent", "--lambda-struct", "0"],
@@ -67,12 +69,10 @@ MODELS = {
     # (until then the same seed's infogan run, step for step)
     "independent-pooled-from1000": [*POOLED, "--struct-start", "1000"],
     # the entangled graph under the same schedule: does the late start remove its cost too?
-    "entangled-pooled-from1000": ["--codes", "infogan-mnist", "--graph", "entangled", "--struct-fit", "pooled",
-                                  "--struct-start", "1000"],
+    "entangled-pooled-from1000": ENTANGLED_LATE,
     # and with R_G's fits differentiated through their children only: is the entangled graph's cost the
     # gradient through q3's parents (the digit's softmax among them)?
-    "entangled-child-pooled-from1000": ["--codes", "infogan-mnist", "--graph", "entangled", "--struct-fit", "pooled",
-                                        "--struct-start", "1000", "--struct-grad", "child"],
+    "entangled-child-pooled-from1000": [*ENTANGLED_LATE, "--struct-grad", "child"],
     "independent-g": ["--codes", "infogan-mnist", "--graph", "independent", "--struct-on", "g"],
     # does the cost scale with lambda, and does a form without saturated fits pay it?
     "independent-l0.03": ["--codes", "infogan-mnist", "--graph", "independent", "--lambda-struct", "0.03"],

@@ -78,7 +78,7 @@ def test_a_run_without_pairs_is_bit_identical_to_before_the_pairs_hooks(prior: s
         "loss/anchor",
     }
     got = [float(result.losses[k]) for k in ("loss/d", "loss/g", "loss/info")]
-    # Another CPU's kernels (AVX-512 against AVX2) round float32 sums differently: a few ulps (2e-7
+    # Another CPU's kernels round float32 sums differently: on an AVX-512 machine a few ulps (2e-7
     # relative) after 6 steps, where a changed draw or update moves the losses by 1e-3 or more.
     # The bits, and the weights' digest, are compared where the recording machine's rounding holds.
     assert got == pytest.approx([float.fromhex(x) for x in losses], rel=1e-6, abs=0)
