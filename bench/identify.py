@@ -11,6 +11,10 @@ read Q's codes of the 2,000 held-out real images, then ask three questions of th
   see, since anchors put every candidate's codes in the factors' coordinates): is the best DAG
   Markov-equivalent to the truth?
 * pgmpy hill-climb (BIC, 10 restarts) and PC (alpha 0.01): is the learned class the truth's?
+* the pair criterion (structsearch/pairs.py) over all 25 DAGs on Q's codes of 2,000 held-out real
+  intervention pairs (weak supervision: no factor value is read): is its best DAG the truth, or in
+  the truth's class; and renamed by the code-to-factor matching (ground truth, evaluation only),
+  the truth? Beside it the same criterion on those pairs' true factor values, the ceiling;
 * with anchors, two more tables: the anchored images' own known factor values (no GAN at all:
   what a user with those labels could do), and Q's codes with the reading error removed, i.e. the
   codes recoloured to the covariance Cov(q) - Cov(q - f), the reading error's covariance measured
@@ -32,6 +36,9 @@ import numpy as np
 import torch
 
 from gan.train import TrainConfig
+from gan import dag
+from structsearch import metrics
+from structsearch import pairs as pairs_mod
 from structsearch import scores as scores_mod
 from structsearch.config import RunConfig, apply_preset
 from structsearch.datasets.shapes import GRAPHS, NODES
@@ -44,9 +51,11 @@ ANCHORS = (0.0, 0.01, 0.05)
 SEEDS = (0, 1, 2)
 
 
-def run_one(truth: str, anchors: float, seed: int, steps: int, datasets: dict) -> dict:
+def run_one(truth: str, anchors: float, seed: int, steps: int, datasets: dict, lambda_pair: float = 0.0) -> dict:
     train = apply_preset(TrainConfig(), "quick")
     train = dataclasses.replace(train, n_steps=steps, seed=seed, anchor_labels=anchors, checkpoint_every=0)
+    if lambda_pair:  # pairs in training too: the independent graph's SCM (the empty one) draws G's pairs
+        train = dataclasses.replace(train, code_prior="graph", lambda_pair=lambda_pair)
     cfg = RunConfig(dataset="shapes", shapes_graph=truth, graph="independent", device="cpu", train=train)
     dataset = datasets.setdefault(truth, load_dataset(cfg))
     graph = resolve_graph(cfg, dataset)
@@ -58,20 +67,21 @@ def run_one(truth: str, anchors: float, seed: int, steps: int, datasets: dict) -
     bic = score_coordinates("codes", "Q's codes of real images", codes.astype(np.float64), edges)
     table = make_table({q: codes[:, i] for i, q in enumerate(NODES)}, graph.spec)
     learned = {m: learn_structure(table, m, seed=seed) for m in ("hill-climb", "pc")}
-    extra = {}
+    extra = pair_verdicts(outcome.trainer.D, graph.spec, dataset, cfg.n_eval, codes, edges)
     if anchors > 0:
         index = anchor_index(cfg, dataset)
         labels = dataset.scm.values(dataset.train_factors[index])  # (M, 3) the known factor values
         anchored = dataset.train_images_at(torch.from_numpy(index).to(dataset.device))
         read = scores_mod.q_codes(outcome.trainer.D, anchored).cpu().numpy()
         corrected = recolour(codes, np.cov(codes.T) - np.cov((read - labels).T))
-        extra = {
+        extra |= {
             "labels_first": score_coordinates("labels", "", labels, edges).equivalent,
             "corrected_first": corrected is not None and score_coordinates("c", "", corrected, edges).equivalent,
         }
     return extra | {
         "truth": truth,
         "anchors": anchors,
+        "lambda_pair": lambda_pair,
         "seed": seed,
         "steps": steps,
         "status": outcome.result.status,
@@ -83,6 +93,34 @@ def run_one(truth: str, anchors: float, seed: int, steps: int, datasets: dict) -
         "truth_rank": bic.truth_rank,
         "hill_climb": learned["hill-climb"].equivalent_to(edges, NODES),
         "pc": learned["pc"].equivalent_to(edges, NODES),
+    }
+
+
+def pair_verdicts(D, spec, dataset, n: int, codes: np.ndarray, truth) -> dict:
+    """The pair criterion's best of the 25 DAGs on Q's codes of n held-out real pairs, judged
+    against ``truth``: as labelled (code i = factor i), and renamed by the code-to-factor matching
+    of ``codes`` (Q's codes of the held-out images); and the same criterion on the pairs' factors."""
+
+    def best(before: np.ndarray, after: np.ndarray) -> tuple[tuple, int]:
+        ranked = sorted(pairs_mod.score_dags(before, after), key=lambda s: -s.score)
+        rank = next(i for i, s in enumerate(ranked) if set(s.edges) == set(truth)) + 1
+        return ranked[0].edges, rank
+
+    top, rank = best(*scores_mod.pair_codes(D, spec, dataset, n))
+    _, factors = dataset.test_factors(n)
+    matching = metrics.match_codes(codes, np.asarray(factors))
+    rename = {f"q{i + 1}": f"q{j + 1}" for i, j in enumerate(matching)}
+    matched = tuple(sorted((rename[u], rename[v]) for u, v in top))
+    real = dataset.test_pairs(n)
+    ceiling, _ = best(dataset.scm.values(real.before), dataset.scm.values(real.after))
+    return {
+        "pairs_best": ", ".join(map("->".join, top)) or "(no edges)",
+        "pairs_truth_rank": rank,
+        "pairs_dag_first": set(top) == set(truth),
+        "pairs_class_first": dag.markov_equivalent(top, truth),
+        "pairs_matched_first": set(matched) == set(truth),
+        "matching": matching,
+        "pairs_factors_first": set(ceiling) == set(truth),
     }
 
 
@@ -101,21 +139,47 @@ def summarize(rows: list[dict]) -> str:
         "| setting | truth class first by BIC (25 DAGs) | hill-climb | PC | anchor labels alone | codes, reading error removed | anchor_r2 (mean, min-max) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for anchors in ANCHORS:
-        part = [r for r in rows if r["anchors"] == anchors and r["status"] == "completed"]
+    pair_lines = [
+        "| setting | pair criterion on Q's codes of real pairs: true DAG first | true class first | matched top = truth | truth's rank (median, range) | the pairs' true factors: true DAG first |",
+        "|---|---|---|---|---|---|",
+    ]
+    settings = sorted({(r.get("lambda_pair", 0.0), r["anchors"]) for r in rows})
+    for lambda_pair, anchors in settings:
+        part = [r for r in rows if (r.get("lambda_pair", 0.0), r["anchors"]) == (lambda_pair, anchors)]
+        part = [r for r in part if r["status"] == "completed"]
         if not part:
             continue
         r2 = [r["anchor_r2"] for r in part if r["anchor_r2"] is not None]
         r2_text = f"{np.mean(r2):.2f} ({min(r2):.2f} to {max(r2):.2f})" if r2 else "n/a"
         name = "i.i.d. only" if anchors == 0 else f"anchors {anchors:.0%}"
+        name += f", pairs in training (lambda_pair {lambda_pair:g})" if lambda_pair else ""
+
+        def counts(keys: tuple[str, ...]) -> list[str]:
+            return [f"{sum(r[k] for r in part)}/{len(part)}" if k in part[0] else "n/a" for k in keys]
+
         keys = ("bic_first", "hill_climb", "pc", "labels_first", "corrected_first")
-        counts = [f"{sum(r[k] for r in part)}/{len(part)}" if k in part[0] else "n/a" for k in keys]
-        lines.append(f"| {name} | {' | '.join(counts)} | {r2_text} |")
-    lines += ["", "| truth | anchors | seed | BIC's best DAG | truth rank | anchor_r2 |", "|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["anchors"], r["truth"], r["seed"])):
+        lines.append(f"| {name} | {' | '.join(counts(keys))} | {r2_text} |")
+        if "pairs_best" in part[0]:
+            ranks = [r["pairs_truth_rank"] for r in part]
+            rank_text = f"{np.median(ranks):g} ({min(ranks)}-{max(ranks)})/25"
+            pair = counts(("pairs_dag_first", "pairs_class_first", "pairs_matched_first"))
+            lines_pair = [*pair, rank_text, *counts(("pairs_factors_first",))]
+            pair_lines.append(f"| {name} | {' | '.join(lines_pair)} |")
+    if len(pair_lines) > 2:
+        lines += ["", *pair_lines]
+    lines += [
+        "",
+        "| truth | anchors | lambda_pair | seed | BIC's best DAG | truth rank | pair criterion's best DAG | its truth rank | code -> factor | anchor_r2 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (r.get("lambda_pair", 0.0), r["anchors"], r["truth"], r["seed"])):
         r2 = "n/a" if r["anchor_r2"] is None else f"{r['anchor_r2']:.2f}"
+        pair = (
+            f"{r['pairs_best']} | {r['pairs_truth_rank']}/25 | {r['matching']}" if "pairs_best" in r else "n/a | n/a | n/a"
+        )
         lines.append(
-            f"| {r['truth']} | {r['anchors']:.0%} | {r['seed']} | {r['bic_best']} | {r['truth_rank']}/25 | {r2} |"
+            f"| {r['truth']} | {r['anchors']:.0%} | {r.get('lambda_pair', 0.0):g} | {r['seed']} | {r['bic_best']} "
+            f"| {r['truth_rank']}/25 | {pair} | {r2} |"
         )
     return "\n".join(lines)
 
@@ -125,6 +189,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--out", type=Path, default=Path("docs/results/identify/results.jsonl"))
     parser.add_argument("--shard", default="0/1", help="I/N: this process runs every N-th run from I")
+    parser.add_argument("--anchors", type=float, nargs="+", default=list(ANCHORS), help="anchor fractions (0: none)")
+    parser.add_argument("--lambda-pair", type=float, default=0.0, help="train with intervention pairs at this weight")
     parser.add_argument("--summarize", action="store_true", help="write summary.md beside --out and stop")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -134,13 +200,13 @@ def main() -> None:
         print(summarize(rows))
         return
     index, count = map(int, args.shard.split("/"))
-    done = {(r["truth"], r["anchors"], r["seed"], r["steps"]) for r in rows}
-    grid = list(itertools.product(SEEDS, ANCHORS, TRUTHS))[index::count]  # seeds outermost: partial grids stay balanced
+    done = {(r["truth"], r["anchors"], r["seed"], r["steps"], r.get("lambda_pair", 0.0)) for r in rows}
+    grid = list(itertools.product(SEEDS, args.anchors, TRUTHS))[index::count]  # seeds outermost: partial grids stay balanced
     datasets: dict = {}
     for seed, anchors, truth in grid:
-        if (truth, anchors, seed, args.steps) in done:
+        if (truth, anchors, seed, args.steps, args.lambda_pair) in done:
             continue
-        row = run_one(truth, anchors, seed, args.steps, datasets)
+        row = run_one(truth, anchors, seed, args.steps, datasets, args.lambda_pair)
         with args.out.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)

@@ -442,8 +442,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_learn_structure(args: argparse.Namespace) -> int:
     from gan import dag
-    from structsearch.scoring import learn_structure
-    from structsearch.trial import anchor_labels_table, real_codes
+    from structsearch.scoring import LearnedGraph, learn_structure
+    from structsearch.trial import anchor_labels_table, real_codes, real_pair_ranking
 
     run_dir = Path(args.run)
     if not (run_dir / "config.json").exists():
@@ -457,20 +457,31 @@ def cmd_learn_structure(args: argparse.Namespace) -> int:
     with _as_usage_errors(ValueError, FileNotFoundError):
         if args.table == "anchors":
             cfg, graph, dataset, table = anchor_labels_table(run_dir, args.device)
+        elif args.table == "pairs":
+            cfg, graph, dataset, ranked = real_pair_ranking(run_dir, args.n, args.device)
         else:
             cfg, graph, dataset, table = real_codes(run_dir, args.n, args.device)
-    learned = learn_structure(
-        table, args.method, restarts=args.restarts, significance_level=args.significance_level, seed=args.seed
-    )
+    if args.table == "pairs":
+        best = ranked[0]
+        learned = LearnedGraph("pair criterion", "dag", best.edges, (), f"all {len(ranked)} DAGs, structsearch/pairs.py")
+    else:
+        learned = learn_structure(
+            table, args.method, restarts=args.restarts, significance_level=args.significance_level, seed=args.seed
+        )
     anchors = cfg.train.anchor_labels
     print(f"run:        {run_dir} ({cfg.dataset}, trained with graph {graph.key or '(no edges)'})")
     print(f"anchors:    {_anchors_line(run_dir) if anchors else 'none'}")
     if args.table == "anchors":
         print(f"table:      the known values of the {len(table)} anchored training images (no network)")
+    elif args.table == "pairs":
+        print(f"table:      Q's codes of {len(ranked[0].per_pair)} held-out real intervention pairs (x, x'), no factor values")
     else:
         print(f"table:      Q's codes of {len(table)} held-out real images")
     print(f"method:     {learned.method} ({learned.detail})")
     print(f"edges:      {_edges(learned.directed, '->')}")
+    if args.table == "pairs":
+        for i, s in enumerate(ranked[:5]):
+            print(f"{'ranking:' if i == 0 else '':<12}{i + 1}. {s.score:+.4f} nats/pair  {_edges(s.edges, '->')}")
     if learned.kind == "pdag":
         print(f"undirected: {_edges(learned.undirected, '-')}")
     spec = graph.spec
@@ -492,6 +503,9 @@ def cmd_learn_structure(args: argparse.Namespace) -> int:
     print(f"truth:      {_edges(truth, '->')}; its class: {_edges(directed + undirected, '->', undirected)}")
     verdict = "yes" if learned.equivalent_to(truth, nodes) else "no, not"
     print(f"equivalent: {verdict} Markov-equivalent to the true graph (code i read as factor i)")
+    if args.table == "pairs":  # interventions tell Markov-equivalent DAGs apart
+        rank = next((i + 1 for i, s in enumerate(ranked) if set(s.edges) == set(truth)), None)
+        print(f"true DAG:   {'yes' if set(learned.directed) == set(truth) else 'no'}, ranked {rank}/{len(ranked)}")
     if not anchors:
         print("note:       an unanchored run's code i need not be factor i (docs/design.md section 8)")
     return 0
@@ -902,11 +916,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--table",
         default="codes",
-        choices=["codes", "anchors"],
+        choices=["codes", "anchors", "pairs"],
         help="codes: Q's codes of held-out real images; anchors: the anchored images' known values, "
-        "no network (a run trained with --anchor-labels) (default: codes)",
+        "no network (a run trained with --anchor-labels); pairs: Q's codes of held-out real intervention "
+        "pairs, every DAG ranked by the pair criterion (shapes; --method does not apply) (default: codes)",
     )
-    p.add_argument("--n", type=int, help="codes: held-out real images read (default: the run's --n-eval)")
+    p.add_argument("--n", type=int, help="codes, pairs: held-out real images or pairs read (default: the run's --n-eval)")
     p.add_argument("--significance-level", type=float, default=0.01, help="pc: CI tests' level (default: 0.01)")
     p.add_argument("--restarts", type=int, default=10, help="hill-climb: random starting DAGs (default: 10)")
     p.add_argument("--seed", type=int, default=0, help="hill-climb: seed of the starting DAGs (default: 0)")

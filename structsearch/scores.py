@@ -509,6 +509,25 @@ def standardized(reference: torch.Tensor, *others: torch.Tensor) -> list[np.ndar
     return [((x.double() - mean) / sd).cpu().numpy() for x in (reference, *others)]
 
 
+@torch.no_grad()
+def pair_codes(D: torch.nn.Module, spec: LatentSpec, dataset, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Q's codes (v, v'), each (n, d) float64, of the first ``n`` held-out real intervention pairs:
+    one column per code, standardized by v's columns. Both sides are read by one reading net whose
+    batch norms hold the statistics of the held-out single images, so a code means the same thing
+    on x and on x' (reading each side with its own statistics would shift the x' side, whose
+    marginal an intervention changes). ValueError for a categorical code: the pair criterion
+    (:mod:`structsearch.pairs`) is linear-Gaussian."""
+    if any(code.kind != "continuous" for code in spec.codes):
+        raise ValueError(f"the pair criterion needs continuous codes only; codes {spec.text()} are not")
+    images, _ = dataset.test_images(n)
+    pairs = dataset.test_pairs(n)
+    net = reading_net(D, images.to(dataset.device))
+    sides = (read(net, x.to(dataset.device)) for x in (pairs.images, pairs.images_after))
+    columns = (np.column_stack(list(code_columns(spec, q, "q").values())) for q in sides)
+    before, after = (torch.from_numpy(c) for c in columns)
+    return tuple(standardized(before, after))
+
+
 def code_columns(spec: LatentSpec, flat: torch.Tensor, prefix: str) -> dict[str, np.ndarray]:
     """(N, code_dim) -> {"q1": classes or values, ...}: categorical as argmax class, continuous as value."""
     columns = {}

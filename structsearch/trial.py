@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from gan.latents import LatentSpec, get_spec
 from gan.train import Anchors, Trainer, TrainResult
 from gan.traversal import save_traversals
+from structsearch import pairs as pair_criterion
 from structsearch import scores as scores_mod
 from structsearch.config import RunConfig, resolve_device
 from structsearch.drawing import draw_graph
@@ -412,6 +413,29 @@ def real_codes(run_dir: Path, n: int | None = None, device: str | None = None):
     images, _ = dataset.test_images(n or cfg.n_eval)
     q = scores_mod.q_codes(trainer.D, images.to(dataset.device))
     return cfg, graph, dataset, make_table(scores_mod.code_columns(graph.spec, q, "q"), graph.spec)
+
+
+MAX_PAIR_NODES = 4  # 543 DAGs; 5 codes have 29,281
+
+
+def real_pair_ranking(run_dir: Path, n: int | None = None, device: str | None = None):
+    """(config, graph, dataset, ranking) of a run folder: every DAG over its codes scored by the pair
+    criterion (:func:`structsearch.pairs.pair_score`) on Q's codes of the first ``n`` held-out real
+    intervention pairs (the run's ``n_eval`` when None), best first. ValueError for a dataset
+    without pairs, a categorical code, or more than ``MAX_PAIR_NODES`` codes.
+
+    No factor value is read, so an unanchored run's ranking is the graph up to a relabelling of its
+    codes; with anchors code i is factor i (docs/design.md section 8)."""
+    cfg, graph, dataset, trainer = load_run(run_dir, device)
+    if not getattr(dataset, "has_pairs", False):
+        raise ValueError(f"{cfg.dataset} has no intervention pairs; --table pairs needs shapes")
+    if len(graph.spec.codes) > MAX_PAIR_NODES:
+        raise ValueError(
+            f"--table pairs scores every DAG, at most {MAX_PAIR_NODES} codes; this run has {len(graph.spec.codes)}"
+        )
+    before, after = scores_mod.pair_codes(trainer.D, graph.spec, dataset, n or cfg.n_eval)
+    ranked = sorted(pair_criterion.score_dags(before, after), key=lambda s: -s.score)
+    return cfg, graph, dataset, ranked
 
 
 def anchor_labels_table(run_dir: Path, device: str | None = None):

@@ -201,10 +201,31 @@ def test_learn_structure_reads_an_anchored_run_and_compares_with_the_truth(tmp_p
     printed = capsys.readouterr().out
     assert "the known values of the 200 anchored training images (no network)" in printed
     assert "edges:      q1->q3, q2->q3" in printed and "equivalent: yes" in printed
+    # Intervention pairs: every DAG ranked by the pair criterion on Q's codes of 300 real pairs.
+    assert main(["learn-structure", str(out), "--table", "pairs"]) == 0
+    printed = capsys.readouterr().out
+    assert "Q's codes of 300 held-out real intervention pairs (x, x'), no factor values" in printed
+    assert "method:     pair criterion (all 25 DAGs, structsearch/pairs.py)" in printed
+    ranking = [float(line.split(". ")[1].split()[0]) for line in printed.splitlines() if " nats/pair " in line]
+    assert len(ranking) == 5 and ranking == sorted(ranking, reverse=True)
+    best = printed.split("edges:      ")[1].splitlines()[0]
+    assert f"1. {ranking[0]:+.4f} nats/pair  {best}" in printed
+    rank = int(printed.split("true DAG:   ")[1].split("ranked ")[1].split("/")[0])
+    assert (rank == 1) == (best == "q1->q3, q2->q3") and 1 <= rank <= 25
     assert main(["learn-structure", str(out), "--significance-level", "2"]) == 2
     assert main(["learn-structure", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert "--significance-level must be in (0, 1), got 2.0" in err and "is not a run folder" in err
+
+
+def test_learn_structure_from_pairs_refuses_a_categorical_code(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "shapes", "--preset", "tiny", "--steps", "2", "--tracking", "none", "--out", str(out)]
+    assert main([*argv, "--n-eval", "64", "--codes", "cat4,cont,cont"]) == 0
+    capsys.readouterr()
+    assert main(["learn-structure", str(out), "--table", "pairs"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "continuous codes only" in err and "cat4,cont,cont" in err
 
 
 def test_learn_structure_from_anchors_refuses_a_run_without_them(tmp_path, capsys) -> None:
