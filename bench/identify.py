@@ -18,7 +18,10 @@ read Q's codes of the 2,000 held-out real images, then ask three questions of th
 * with anchors, two more tables: the anchored images' own known factor values (no GAN at all:
   what a user with those labels could do), and Q's codes with the reading error removed, i.e. the
   codes recoloured to the covariance Cov(q) - Cov(q - f), the reading error's covariance measured
-  on the anchored images (errors in variables; valid when the error is independent of the factors).
+  on the anchored images (errors in variables; valid when the error is independent of the factors);
+  and Q's codes calibrated on the anchors: the affine least-squares map from Q's codes of the
+  anchored images to their known factor values, applied to the held-out codes and to both sides of
+  the held-out pairs, then BIC and the pair criterion over all 25 DAGs on those calibrated codes.
 
 Rows go to --out (JSON lines, one per run; a rerun skips what is done, so a kill loses one run).
 """
@@ -35,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gan.train import TrainConfig
 from gan import dag
+from gan.train import TrainConfig
 from structsearch import metrics
 from structsearch import pairs as pairs_mod
 from structsearch import scores as scores_mod
@@ -67,14 +70,23 @@ def run_one(truth: str, anchors: float, seed: int, steps: int, datasets: dict, l
     bic = score_coordinates("codes", "Q's codes of real images", codes.astype(np.float64), edges)
     table = make_table({q: codes[:, i] for i, q in enumerate(NODES)}, graph.spec)
     learned = {m: learn_structure(table, m, seed=seed) for m in ("hill-climb", "pc")}
-    extra = pair_verdicts(outcome.trainer.D, graph.spec, dataset, cfg.n_eval, codes, edges)
+    pair_sides = scores_mod.pair_codes(outcome.trainer.D, graph.spec, dataset, cfg.n_eval, standardize=False)
+    extra = pair_verdicts(pair_sides, dataset, cfg.n_eval, codes, edges)
     if anchors > 0:
         index = anchor_index(cfg, dataset)
         labels = dataset.scm.values(dataset.train_factors[index])  # (M, 3) the known factor values
         anchored = dataset.train_images_at(torch.from_numpy(index).to(dataset.device))
         read = scores_mod.q_codes(outcome.trainer.D, anchored).cpu().numpy()
         corrected = recolour(codes, np.cov(codes.T) - np.cov((read - labels).T))
+        to_factors = calibration(read, labels)
+        calibrated = score_coordinates("calibrated", "", to_factors(codes), edges)
+        _, calibrated_rank, calibrated_top = best_pair_dag(*map(to_factors, pair_sides), edges)
         extra |= {
+            "calibrated_bic_first": calibrated.equivalent,
+            "calibrated_pairs_best": ", ".join(map("->".join, calibrated_top)) or "(no edges)",
+            "calibrated_pairs_truth_rank": calibrated_rank,
+            "calibrated_pairs_dag_first": set(calibrated_top) == set(edges),
+            "calibrated_pairs_class_first": dag.markov_equivalent(calibrated_top, edges),
             "labels_first": score_coordinates("labels", "", labels, edges).equivalent,
             "corrected_first": corrected is not None and score_coordinates("c", "", corrected, edges).equivalent,
         }
@@ -96,23 +108,34 @@ def run_one(truth: str, anchors: float, seed: int, steps: int, datasets: dict, l
     }
 
 
-def pair_verdicts(D, spec, dataset, n: int, codes: np.ndarray, truth) -> dict:
-    """The pair criterion's best of the 25 DAGs on Q's codes of n held-out real pairs, judged
+def best_pair_dag(before: np.ndarray, after: np.ndarray, truth) -> tuple[float, int, tuple]:
+    """(best score, the truth's rank of 25, the best DAG) of the pair criterion on pairs (v, v')."""
+    ranked = sorted(pairs_mod.score_dags(before, after), key=lambda s: -s.score)
+    rank = next(i for i, s in enumerate(ranked) if set(s.edges) == set(truth)) + 1
+    return ranked[0].score, rank, ranked[0].edges
+
+
+def calibration(read: np.ndarray, labels: np.ndarray):
+    """The affine least-squares map from Q's codes to the known factor values, fitted on the anchored
+    images: it undoes a linear mixing of the factors in Q's reading (which adds edges to every
+    graph score), and returns factor coordinates."""
+    design = np.column_stack([read, np.ones(len(read))])
+    weights, *_ = np.linalg.lstsq(design, labels, rcond=None)
+    return lambda codes: np.column_stack([codes, np.ones(len(codes))]) @ weights
+
+
+def pair_verdicts(pair_sides: tuple[np.ndarray, np.ndarray], dataset, n: int, codes: np.ndarray, truth) -> dict:
+    """The pair criterion's best of the 25 DAGs on Q's codes (v, v') of n held-out real pairs, judged
     against ``truth``: as labelled (code i = factor i), and renamed by the code-to-factor matching
     of ``codes`` (Q's codes of the held-out images); and the same criterion on the pairs' factors."""
-
-    def best(before: np.ndarray, after: np.ndarray) -> tuple[tuple, int]:
-        ranked = sorted(pairs_mod.score_dags(before, after), key=lambda s: -s.score)
-        rank = next(i for i, s in enumerate(ranked) if set(s.edges) == set(truth)) + 1
-        return ranked[0].edges, rank
-
-    top, rank = best(*scores_mod.pair_codes(D, spec, dataset, n))
+    before, after = pair_sides
+    _, rank, top = best_pair_dag(*scores_mod.standardized(torch.from_numpy(before), torch.from_numpy(after)), truth)
     _, factors = dataset.test_factors(n)
     matching = metrics.match_codes(codes, np.asarray(factors))
     rename = {f"q{i + 1}": f"q{j + 1}" for i, j in enumerate(matching)}
     matched = tuple(sorted((rename[u], rename[v]) for u, v in top))
     real = dataset.test_pairs(n)
-    ceiling, _ = best(dataset.scm.values(real.before), dataset.scm.values(real.after))
+    *_, ceiling = best_pair_dag(dataset.scm.values(real.before), dataset.scm.values(real.after), truth)
     return {
         "pairs_best": ", ".join(map("->".join, top)) or "(no edges)",
         "pairs_truth_rank": rank,
@@ -134,6 +157,11 @@ def recolour(values: np.ndarray, target: np.ndarray) -> np.ndarray | None:
     return centred @ whiten.T @ np.linalg.cholesky(target).T
 
 
+def counts(rows: list[dict], keys: tuple[str, ...]) -> list[str]:
+    """'k/n' for each boolean key of the rows, 'n/a' for a key the rows do not record."""
+    return [f"{sum(r[k] for r in rows)}/{len(rows)}" if k in rows[0] else "n/a" for k in keys]
+
+
 def summarize(rows: list[dict]) -> str:
     lines = [
         "| setting | truth class first by BIC (25 DAGs) | hill-climb | PC | anchor labels alone | codes, reading error removed | anchor_r2 (mean, min-max) |",
@@ -142,6 +170,10 @@ def summarize(rows: list[dict]) -> str:
     pair_lines = [
         "| setting | pair criterion on Q's codes of real pairs: true DAG first | true class first | matched top = truth | truth's rank (median, range) | the pairs' true factors: true DAG first |",
         "|---|---|---|---|---|---|",
+    ]
+    calibrated_lines = [
+        "| setting | codes calibrated on the anchors: BIC, truth's class first | pair criterion, true DAG first | true class first | truth's rank (median, range) |",
+        "|---|---|---|---|---|",
     ]
     settings = sorted({(r.get("lambda_pair", 0.0), r["anchors"]) for r in rows})
     for lambda_pair, anchors in settings:
@@ -154,29 +186,39 @@ def summarize(rows: list[dict]) -> str:
         name = "i.i.d. only" if anchors == 0 else f"anchors {anchors:.0%}"
         name += f", pairs in training (lambda_pair {lambda_pair:g})" if lambda_pair else ""
 
-        def counts(keys: tuple[str, ...]) -> list[str]:
-            return [f"{sum(r[k] for r in part)}/{len(part)}" if k in part[0] else "n/a" for k in keys]
-
         keys = ("bic_first", "hill_climb", "pc", "labels_first", "corrected_first")
-        lines.append(f"| {name} | {' | '.join(counts(keys))} | {r2_text} |")
+        lines.append(f"| {name} | {' | '.join(counts(part, keys))} | {r2_text} |")
         if "pairs_best" in part[0]:
             ranks = [r["pairs_truth_rank"] for r in part]
             rank_text = f"{np.median(ranks):g} ({min(ranks)}-{max(ranks)})/25"
-            pair = counts(("pairs_dag_first", "pairs_class_first", "pairs_matched_first"))
-            lines_pair = [*pair, rank_text, *counts(("pairs_factors_first",))]
+            pair = counts(part, ("pairs_dag_first", "pairs_class_first", "pairs_matched_first"))
+            lines_pair = [*pair, rank_text, *counts(part, ("pairs_factors_first",))]
             pair_lines.append(f"| {name} | {' | '.join(lines_pair)} |")
-    if len(pair_lines) > 2:
-        lines += ["", *pair_lines]
+        if "calibrated_bic_first" in part[0]:
+            ranks = [r["calibrated_pairs_truth_rank"] for r in part]
+            rank_text = f"{np.median(ranks):g} ({min(ranks)}-{max(ranks)})/25"
+            cells = counts(part, ("calibrated_bic_first", "calibrated_pairs_dag_first", "calibrated_pairs_class_first"))
+            calibrated_lines.append(f"| {name} | {' | '.join(cells)} | {rank_text} |")
+    for table in (pair_lines, calibrated_lines):
+        if len(table) > 2:
+            lines += ["", *table]
     lines += [
         "",
-        "| truth | anchors | lambda_pair | seed | BIC's best DAG | truth rank | pair criterion's best DAG | its truth rank | code -> factor | anchor_r2 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| truth | anchors | lambda_pair | seed | BIC's best DAG | truth rank | pair criterion's best DAG | its truth rank "
+        "| code -> factor | calibrated: pair criterion's best | its truth rank | anchor_r2 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r.get("lambda_pair", 0.0), r["anchors"], r["truth"], r["seed"])):
         r2 = "n/a" if r["anchor_r2"] is None else f"{r['anchor_r2']:.2f}"
         pair = (
-            f"{r['pairs_best']} | {r['pairs_truth_rank']}/25 | {r['matching']}" if "pairs_best" in r else "n/a | n/a | n/a"
+            f"{r['pairs_best']} | {r['pairs_truth_rank']}/25 | {r['matching']}"
+            if "pairs_best" in r
+            else "n/a | n/a | n/a | n/a | n/a"
         )
+        if "calibrated_pairs_best" in r:
+            pair += f" | {r['calibrated_pairs_best']} | {r['calibrated_pairs_truth_rank']}/25"
+        elif "pairs_best" in r:  # a run without anchors has no calibration
+            pair += " | n/a | n/a"
         lines.append(
             f"| {r['truth']} | {r['anchors']:.0%} | {r.get('lambda_pair', 0.0):g} | {r['seed']} | {r['bic_best']} "
             f"| {r['truth_rank']}/25 | {pair} | {r2} |"
@@ -201,7 +243,8 @@ def main() -> None:
         return
     index, count = map(int, args.shard.split("/"))
     done = {(r["truth"], r["anchors"], r["seed"], r["steps"], r.get("lambda_pair", 0.0)) for r in rows}
-    grid = list(itertools.product(SEEDS, args.anchors, TRUTHS))[index::count]  # seeds outermost: partial grids stay balanced
+    # seeds outermost: partial grids stay balanced
+    grid = list(itertools.product(SEEDS, args.anchors, TRUTHS))[index::count]
     datasets: dict = {}
     for seed, anchors, truth in grid:
         if (truth, anchors, seed, args.steps, args.lambda_pair) in done:

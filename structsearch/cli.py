@@ -463,7 +463,9 @@ def cmd_learn_structure(args: argparse.Namespace) -> int:
             cfg, graph, dataset, table = real_codes(run_dir, args.n, args.device)
     if args.table == "pairs":
         best = ranked[0]
-        learned = LearnedGraph("pair criterion", "dag", best.edges, (), f"all {len(ranked)} DAGs, structsearch/pairs.py")
+        learned = LearnedGraph(
+            "pair criterion", "dag", best.edges, (), f"all {len(ranked)} DAGs, structsearch/pairs.py"
+        )
     else:
         learned = learn_structure(
             table, args.method, restarts=args.restarts, significance_level=args.significance_level, seed=args.seed
@@ -474,7 +476,9 @@ def cmd_learn_structure(args: argparse.Namespace) -> int:
     if args.table == "anchors":
         print(f"table:      the known values of the {len(table)} anchored training images (no network)")
     elif args.table == "pairs":
-        print(f"table:      Q's codes of {len(ranked[0].per_pair)} held-out real intervention pairs (x, x'), no factor values")
+        print(
+            f"table:      Q's codes of {len(ranked[0].per_pair)} held-out real intervention pairs (x, x'), no factor values"
+        )
     else:
         print(f"table:      Q's codes of {len(table)} held-out real images")
     print(f"method:     {learned.method} ({learned.detail})")
@@ -921,7 +925,9 @@ def build_parser() -> argparse.ArgumentParser:
         "no network (a run trained with --anchor-labels); pairs: Q's codes of held-out real intervention "
         "pairs, every DAG ranked by the pair criterion (shapes; --method does not apply) (default: codes)",
     )
-    p.add_argument("--n", type=int, help="codes, pairs: held-out real images or pairs read (default: the run's --n-eval)")
+    p.add_argument(
+        "--n", type=int, help="codes, pairs: held-out real images or pairs read (default: the run's --n-eval)"
+    )
     p.add_argument("--significance-level", type=float, default=0.01, help="pc: CI tests' level (default: 0.01)")
     p.add_argument("--restarts", type=int, default=10, help="hill-climb: random starting DAGs (default: 10)")
     p.add_argument("--seed", type=int, default=0, help="hill-climb: seed of the starting DAGs (default: 0)")

@@ -510,9 +510,11 @@ def standardized(reference: torch.Tensor, *others: torch.Tensor) -> list[np.ndar
 
 
 @torch.no_grad()
-def pair_codes(D: torch.nn.Module, spec: LatentSpec, dataset, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pair_codes(
+    D: torch.nn.Module, spec: LatentSpec, dataset, n: int | None = None, standardize: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Q's codes (v, v'), each (n, d) float64, of the first ``n`` held-out real intervention pairs:
-    one column per code, standardized by v's columns. Both sides are read by one reading net whose
+    one column per code, standardized by v's columns (unless ``standardize`` is False). Both sides are read by one reading net whose
     batch norms hold the statistics of the held-out single images, so a code means the same thing
     on x and on x' (reading each side with its own statistics would shift the x' side, whose
     marginal an intervention changes). ValueError for a categorical code: the pair criterion
@@ -525,6 +527,8 @@ def pair_codes(D: torch.nn.Module, spec: LatentSpec, dataset, n: int | None = No
     sides = (read(net, x.to(dataset.device)) for x in (pairs.images, pairs.images_after))
     columns = (np.column_stack(list(code_columns(spec, q, "q").values())) for q in sides)
     before, after = (torch.from_numpy(c) for c in columns)
+    if not standardize:
+        return before.double().numpy(), after.double().numpy()
     return tuple(standardized(before, after))
 
 

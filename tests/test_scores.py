@@ -334,3 +334,33 @@ def test_known_answers_of_pair_feature_energy(tmp_path, monkeypatch) -> None:
     assert blind["pair_energy"] < trap["pair_energy"] / 3  # while the own-Q score loses the trap
     independent = energy(None)
     assert independent["pair_feature_energy"] > 0.2 and independent["pair_feature_energy/single"] > 0.2
+
+
+def test_pair_codes_read_both_sides_with_one_net_and_a_perfect_reader_finds_the_true_dag() -> None:
+    from structsearch import pairs as pair_criterion
+
+    shapes = get_dataset("shapes", n_train=400, n_test=2000)  # at 400 pairs a superset of the truth wins
+    before, after = scores.pair_codes(Reader(), SHAPES_SPEC, shapes, standardize=False)
+    real = shapes.test_pairs()
+    np.testing.assert_allclose(before, shapes.scm.values(real.before), atol=1e-6)  # the factors, exactly
+    np.testing.assert_allclose(after, shapes.scm.values(real.after), atol=1e-6)
+    ranked = sorted(
+        pair_criterion.score_dags(*scores.pair_codes(Reader(), SHAPES_SPEC, shapes)), key=lambda s: -s.score
+    )
+    assert set(ranked[0].edges) == set(shapes.true_edges)  # the collider, on standardized codes too
+
+    class Normed(torch.nn.Module):  # a Q with batch norm: what it reads depends on the statistics it holds
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 4, 4), torch.nn.BatchNorm2d(3), torch.nn.Flatten())
+
+        def q(self, images: torch.Tensor) -> torch.Tensor:
+            return self.net(images).view(len(images), 3, -1).mean(2)
+
+    v, v_after = scores.pair_codes(Normed(), SHAPES_SPEC, shapes)
+    unchanged = (real.before == real.after).all(1)  # the fresh value drew the old class: x' is x
+    assert unchanged.sum() >= 5
+    np.testing.assert_allclose(v[unchanged], v_after[unchanged], atol=1e-6)  # one reading of both sides
+    np.testing.assert_allclose(v.mean(0), 0, atol=1e-9)
+    np.testing.assert_allclose(v.std(0, ddof=1), 1, atol=1e-9)
