@@ -83,12 +83,13 @@ def run_one(truth: str, anchors: float, seed: int, steps: int, datasets: dict, l
         read = scores_mod.q_codes(outcome.trainer.D, anchored).cpu().numpy()
         corrected = recolour(codes, np.cov(codes.T) - np.cov((read - labels).T))
         to_factors = calibration(read, labels)
-        calibrated = score_coordinates("calibrated", "", to_factors(codes), edges)
+        calibrated_codes = to_factors(codes)
+        calibrated = score_coordinates("calibrated", "", calibrated_codes, edges)
         _, calibrated_rank, calibrated_top = best_pair_dag(*map(to_factors, pair_sides), edges)
         _, classes = dataset.test_factors(cfg.n_eval)
         a, b, given = independence(edges)
         extra |= {
-            "calibrated_partial_corr": partial_corr(to_factors(codes), a, b, given),
+            "calibrated_partial_corr": partial_corr(calibrated_codes, a, b, given),
             "factors_partial_corr": partial_corr(dataset.scm.values(np.asarray(classes)), a, b, given),
             "calibrated_bic_first": calibrated.equivalent,
             "calibrated_pairs_best": ", ".join(map("->".join, calibrated_top)) or "(no edges)",
@@ -118,9 +119,8 @@ def run_one(truth: str, anchors: float, seed: int, steps: int, datasets: dict, l
 
 def best_pair_dag(before: np.ndarray, after: np.ndarray, truth) -> tuple[float, int, tuple]:
     """(best score, the truth's rank of 25, the best DAG) of the pair criterion on pairs (v, v')."""
-    ranked = sorted(pairs_mod.score_dags(before, after), key=lambda s: -s.score)
-    rank = next(i for i, s in enumerate(ranked) if set(s.edges) == set(truth)) + 1
-    return ranked[0].score, rank, ranked[0].edges
+    ranked = pairs_mod.ranked_dags(before, after)
+    return ranked[0].score, pairs_mod.rank_of(ranked, truth), ranked[0].edges
 
 
 def independence(edges) -> tuple[int, int, list[int]]:
@@ -194,6 +194,11 @@ def spread(values: list[float]) -> str:
     return f"{np.median(values):.3f} ({min(values):.3f}-{max(values):.3f})" if values else "n/a"
 
 
+def rank_spread(ranks: list[int]) -> str:
+    """'median (min-max)/25' of the truth's ranks among the 25 DAGs."""
+    return f"{np.median(ranks):g} ({min(ranks)}-{max(ranks)})/25"
+
+
 def summarize(rows: list[dict]) -> str:
     lines = [
         "| setting | truth class first by BIC (25 DAGs) | hill-climb | PC | anchor labels alone | codes, reading error removed | anchor_r2 (mean, min-max) |",
@@ -222,14 +227,12 @@ def summarize(rows: list[dict]) -> str:
         keys = ("bic_first", "hill_climb", "pc", "labels_first", "corrected_first")
         lines.append(f"| {name} | {' | '.join(counts(part, keys))} | {r2_text} |")
         if "pairs_best" in part[0]:
-            ranks = [r["pairs_truth_rank"] for r in part]
-            rank_text = f"{np.median(ranks):g} ({min(ranks)}-{max(ranks)})/25"
+            rank_text = rank_spread([r["pairs_truth_rank"] for r in part])
             pair = counts(part, ("pairs_dag_first", "pairs_class_first", "pairs_matched_first"))
             lines_pair = [*pair, rank_text, *counts(part, ("pairs_factors_first",))]
             pair_lines.append(f"| {name} | {' | '.join(lines_pair)} |")
         if "calibrated_bic_first" in part[0]:
-            ranks = [r["calibrated_pairs_truth_rank"] for r in part]
-            rank_text = f"{np.median(ranks):g} ({min(ranks)}-{max(ranks)})/25"
+            rank_text = rank_spread([r["calibrated_pairs_truth_rank"] for r in part])
             cells = counts(part, ("calibrated_bic_first", "calibrated_pairs_dag_first", "calibrated_pairs_class_first"))
             corr = [
                 spread([abs(r[k]) for r in part if k in r]) for k in ("calibrated_partial_corr", "factors_partial_corr")

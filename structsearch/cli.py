@@ -442,6 +442,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_learn_structure(args: argparse.Namespace) -> int:
     from gan import dag
+    from structsearch.pairs import rank_of
     from structsearch.scoring import LearnedGraph, learn_structure
     from structsearch.trial import anchor_labels_table, real_codes, real_pair_ranking
 
@@ -508,7 +509,7 @@ def cmd_learn_structure(args: argparse.Namespace) -> int:
     verdict = "yes" if learned.equivalent_to(truth, nodes) else "no, not"
     print(f"equivalent: {verdict} Markov-equivalent to the true graph (code i read as factor i)")
     if args.table == "pairs":  # interventions tell Markov-equivalent DAGs apart
-        rank = next((i + 1 for i, s in enumerate(ranked) if set(s.edges) == set(truth)), None)
+        rank = rank_of(ranked, truth)
         print(f"true DAG:   {'yes' if set(learned.directed) == set(truth) else 'no'}, ranked {rank}/{len(ranked)}")
     if not anchors:
         print("note:       an unanchored run's code i need not be factor i (docs/design.md section 8)")

@@ -231,6 +231,16 @@ def score_dags(before: np.ndarray, after: np.ndarray, dags: Sequence[Edges] | No
     return [pair_score(before, after, edges) for edges in dags]
 
 
+def ranked_dags(before: np.ndarray, after: np.ndarray) -> list[PairScore]:
+    """:func:`score_dags` of every DAG over the columns, best first."""
+    return sorted(score_dags(before, after), key=lambda s: -s.score)
+
+
+def rank_of(ranked: Sequence[PairScore], edges: Edges) -> int | None:
+    """The 1-based place of the DAG ``edges`` in ``ranked`` (None when it is not there)."""
+    return next((i + 1 for i, s in enumerate(ranked) if set(s.edges) == set(edges)), None)
+
+
 def cross_entropy_gap(rho: float) -> float:
     """D(rho): the expected log-likelihood a do(child) pair loses in exogenous coordinates (module docstring)."""
     return 0.5 * (math.log(rho) - 1 + (2 - rho) / rho)

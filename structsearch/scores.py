@@ -514,10 +514,10 @@ def pair_codes(
     D: torch.nn.Module, spec: LatentSpec, dataset, n: int | None = None, standardize: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Q's codes (v, v'), each (n, d) float64, of the first ``n`` held-out real intervention pairs:
-    one column per code, standardized by v's columns (unless ``standardize`` is False). Both sides are read by one reading net whose
-    batch norms hold the statistics of the held-out single images, so a code means the same thing
-    on x and on x' (reading each side with its own statistics would shift the x' side, whose
-    marginal an intervention changes). ValueError for a categorical code: the pair criterion
+    one column per code, standardized by v's columns (as read when ``standardize`` is False). Both
+    sides are read by one reading net whose batch norms hold the statistics of the held-out single
+    images, so a code means the same thing on x and on x' (reading each side with its own
+    statistics would shift the x' side, whose marginal an intervention changes). ValueError for a categorical code: the pair criterion
     (:mod:`structsearch.pairs`) is linear-Gaussian."""
     if any(code.kind != "continuous" for code in spec.codes):
         raise ValueError(f"the pair criterion needs continuous codes only; codes {spec.text()} are not")

@@ -434,7 +434,7 @@ def real_pair_ranking(run_dir: Path, n: int | None = None, device: str | None = 
             f"--table pairs scores every DAG, at most {MAX_PAIR_NODES} codes; this run has {len(graph.spec.codes)}"
         )
     before, after = scores_mod.pair_codes(trainer.D, graph.spec, dataset, n or cfg.n_eval)
-    ranked = sorted(pair_criterion.score_dags(before, after), key=lambda s: -s.score)
+    ranked = pair_criterion.ranked_dags(before, after)
     return cfg, graph, dataset, ranked
 
 

@@ -344,9 +344,7 @@ def test_pair_codes_read_both_sides_with_one_net_and_a_perfect_reader_finds_the_
     real = shapes.test_pairs()
     np.testing.assert_allclose(before, shapes.scm.values(real.before), atol=1e-6)  # the factors, exactly
     np.testing.assert_allclose(after, shapes.scm.values(real.after), atol=1e-6)
-    ranked = sorted(
-        pair_criterion.score_dags(*scores.pair_codes(Reader(), SHAPES_SPEC, shapes)), key=lambda s: -s.score
-    )
+    ranked = pair_criterion.ranked_dags(*scores.pair_codes(Reader(), SHAPES_SPEC, shapes))
     assert set(ranked[0].edges) == set(shapes.true_edges)  # the collider, on standardized codes too
 
     class Normed(torch.nn.Module):  # a Q with batch norm: what it reads depends on the statistics it holds
